@@ -1,0 +1,303 @@
+"""The pipeline's one typed config: YAML presets in ``configs/`` plus ``section.key=value`` overrides.
+
+A preset may name a parent with ``base: other`` (a file in the same folder); the child's mapping is
+merged over the parent's. Unknown keys and wrong types fail at start-up with a ``ConfigError`` naming
+the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+Task = Literal["ir", "sts"]
+Pooling = Literal["mean", "cls", "last_token"]
+TrainMode = Literal["joint", "ir_only", "sts_only", "mixed"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    """Where a run writes: everything goes under ``<root>/<name>/``."""
+
+    root: str = "runs"  # a local path or a URI pyarrow understands (s3://, gs://, file://)
+    name: str = ""  # empty: the preset's name
+    seed: int = 49
+
+    @property
+    def dir(self) -> str:
+        """The run directory, ``<root>/<name>``."""
+        return f"{self.root.rstrip('/')}/{self.name}"
+
+
+class SourceConfig(_Section):
+    """One input dataset, converted into the project's own record format by a reader."""
+
+    name: str  # tag carried by every record (``source`` column)
+    task: Task
+    format: Literal["own", "stsb", "stsb_csv", "beir", "trecqa", "snli", "hf"]
+    path: str  # relative to ``data.root`` unless absolute / a URI / a Hub id (format "hf")
+    split: str = "train"  # BEIR qrels split, SNLI split, HF split
+    limit: int | None = None  # keep only the first N records (smoke tests)
+    score_range: tuple[float, float] | None = None  # gold scale of STS sources; None = reader default
+    hf_columns: dict[str, str] = Field(default_factory=dict)  # own field -> dataset column (format hf)
+
+
+class EvalBenchmark(_Section):
+    """One evaluation benchmark: an STS pair file or a BEIR-style retrieval folder."""
+
+    name: str  # key in eval.json, e.g. "stsb-test"
+    kind: Task
+    format: Literal["own", "stsb", "stsb_csv", "beir", "ir_dev"]
+    path: str = ""
+    split: str = "test"
+    limit: int | None = None
+
+
+class DataConfig(_Section):
+    root: str = "../shared/data"
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+
+class ModelConfig(_Section):
+    """The encoder: a Hugging Face folder or id, ``packaged`` for the bundled all-MiniLM-L6-v2,
+    or ``tiny-random`` (a small random BERT with the MiniLM tokenizer, for tests)."""
+
+    name_or_path: str = "packaged"
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    max_length_query: int = Field(64, gt=0)
+    max_length_passage: int = Field(256, gt=0)
+    max_length_sts: int = Field(64, gt=0)
+    instruction_ir: str = ""  # "" = no prefix; else "Instruction: {it} Query: " before queries
+    instruction_sts: str = ""  # same, before both sides of STS pairs
+    gradient_checkpointing: bool = False
+    tiny_layers: int = 2  # shape of the tiny-random model
+    tiny_hidden: int = 64
+
+
+class MiningConfig(_Section):
+    method: Literal["bm25", "dense", "both"] = "bm25"
+    num_negatives: int = Field(4, gt=0)
+    rank_window: tuple[int, int] = (10, 50)  # 1-based, inclusive ranks to sample negatives from
+    margin: float | None = None  # drop candidates with dense score > positive's score - margin
+    dev_queries: int = Field(100, ge=0)  # seeded held-out slice of the IR training queries
+    dev_source: str = "scifact"  # which IR source the dev slice is cut from
+
+
+class SamplerConfig(_Section):
+    mode: Literal["proportional", "ratio", "round_robin", "temperature"] = "proportional"
+    ir_ratio: float = Field(0.5, gt=0.0, lt=1.0)  # mode "ratio": fraction of IR steps
+    alpha: float = Field(0.5, ge=0.0)  # mode "temperature": source sampled proportional to size**alpha
+
+
+class LossConfig(_Section):
+    ir_temperature: float = Field(0.02, gt=0.0)
+    sts_temperature: float = Field(0.05, gt=0.0)  # RankKL and PRO
+    midnce_temperature: float = Field(0.02, gt=0.0)
+    midnce_threshold: float = Field(0.8, ge=0.0, le=1.0)  # on the [0, 1] normalised gold scale
+    w_midnce: float = Field(1.0, ge=0.0)
+    w_pro: float = Field(0.5, ge=0.0)
+    w_pearson: float = Field(2.0, ge=0.0)
+    w_rankkl: float = Field(5.0, ge=0.0)
+    w_cosent: float = Field(0.0, ge=0.0)
+    cosent_scale: float = Field(20.0, gt=0.0)
+
+
+class TrainConfig(_Section):
+    mode: TrainMode = "joint"
+    modes: list[TrainMode] = Field(default_factory=lambda: ["joint"])  # trained by jobs.pipeline
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = None  # stop early (tests, smoke)
+    lr: float = Field(2e-5, gt=0.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    ir_global_batch: int = Field(16, gt=0)  # queries per IR step, all workers together
+    sts_global_batch: int = Field(32, gt=0)  # pairs per STS step, all workers together
+    num_workers: int = Field(2, gt=0)
+    cpus_per_worker: float = Field(0.5, gt=0.0)
+    use_gpu: bool = False
+    bf16: bool = False
+    eval_every: int = Field(0, ge=0)  # 0 = only at the end
+    keep_top_k: int = Field(2, gt=0)
+    checkpoint_metric: str = "dev_mean"
+    max_failures: int = Field(1, ge=0)
+
+
+class EvalConfig(_Section):
+    benchmarks: list[EvalBenchmark] = Field(default_factory=list)
+    batch_size: int = Field(64, gt=0)
+    sort_by_length: bool = True
+    corpus_chunk: int = Field(8192, gt=0)  # documents per chunk of the exact top-k
+
+
+class FusionConfig(_Section):
+    methods: list[Literal["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]] = Field(
+        default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
+    )
+    candidates: Literal["modes", "top_k", "tune_best_k"] = "modes"
+    delta_power: list[float] = Field(default_factory=lambda: [1.0, 2.0])
+    delta_granularity: Literal["element", "tensor"] = "element"
+    delta_normalize: Literal["none", "tensor", "global"] = "tensor"
+    ta_lambda: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
+    ties_density: float = Field(0.2, gt=0.0, le=1.0)
+
+
+class TrackingConfig(_Section):
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run dir>/mlflow.db
+    experiment: str = "codiemb"
+    registered_model: str = "codiemb-encoder"
+    required: bool = True
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(8, gt=0)
+    max_concurrent_trials: int = Field(1, gt=0)
+    search: Literal["random", "optuna"] = "random"
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class DebugConfig(_Section):
+    fail_at_step: int | None = None
+
+
+class Config(_Section):
+    """The whole pipeline's settings; one object passed to every job."""
+
+    preset: str = ""  # set by the loader: the preset file's stem
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        if self.train.use_gpu is False and self.train.bf16:
+            raise ValueError("train.bf16=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)")
+        lo, hi = self.mining.rank_window
+        if not 1 <= lo <= hi:
+            raise ValueError(f"mining.rank_window={self.mining.rank_window}: need 1 <= low <= high")
+        return self
+
+    def resolve_data_path(self, path: str) -> str:
+        """A source path as readers open it: absolute paths and URIs unchanged, else under data.root."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return os.path.join(self.data.root, path)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {path.stem!r}: no file {path} (known presets: {known})")
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parent = raw.pop("base", None)
+    if parent is None:
+        return raw
+    return _deep_merge(_read_preset(path.parent / f"{parent}.yaml", (*seen, path)), raw)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+SHORTHANDS = {"model": "model.name_or_path"}  # `model=PATH` on the command line
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-5", "model.name_or_path=/m"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key = SHORTHANDS.get(key.strip(), key.strip())
+        _set_dotted(tree, key, yaml.safe_load(text) if text.strip() else "")
+    return tree
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(preset: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a preset (a name in ``configs/`` or a YAML path) and apply ``section.key=value`` overrides."""
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{preset}.yaml"
+    raw = _read_preset(path)
+    override_tree = parse_overrides(overrides or [])
+    merged = _deep_merge(raw, override_tree)
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as exc:
+        origin = f"{path} (with overrides {overrides})" if overrides else str(path)
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"{origin}: {problems}") from None
+    cfg.preset = path.stem
+    if not cfg.run.name:
+        cfg.run.name = path.stem
+    return cfg
+
+
+def parse_cli(argv: list[str] | None = None, description: str = "") -> Config:
+    """The jobs' shared command line: ``--config PRESET [section.key=value ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="a preset name or a YAML file in configs/")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        parser.exit(2, f"config error: {exc}\n")

