@@ -1,0 +1,48 @@
+"""Shared test fixtures: offline environment, the real data folder, one Ray session per module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real public datasets beside the project (read-only)."""
+    if not DATA.is_dir():
+        pytest.fail(f"real data folder missing: {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray session per test module, sized for a 2-core machine."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        object_store_memory=300 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    """A tiny random BERT with the MiniLM tokenizer (built once, cached in the temp folder)."""
+    from pipeline.model.loading import resolve_model_path
+
+    return resolve_model_path("tiny-random")
