@@ -51,8 +51,12 @@ class SourceConfig(_Section):
     path: str  # relative to ``data.root`` unless absolute / a URI / a Hub id (format "hf")
     split: str = "train"  # BEIR qrels split, SNLI split, HF split
     limit: int | None = None  # keep only the first N records (smoke tests)
-    score_range: tuple[float, float] | None = None  # gold scale of STS sources; None = reader default
-    hf_columns: dict[str, str] = Field(default_factory=dict)  # own field -> dataset column (format hf)
+    score_range: tuple[float, float] | None = (
+        None  # gold scale of STS sources; None = reader default
+    )
+    hf_columns: dict[str, str] = Field(
+        default_factory=dict
+    )  # own field -> dataset column (format hf)
 
 
 class EvalBenchmark(_Section):
@@ -101,7 +105,9 @@ class MiningConfig(_Section):
 class SamplerConfig(_Section):
     mode: Literal["proportional", "ratio", "round_robin", "temperature"] = "proportional"
     ir_ratio: float = Field(0.5, gt=0.0, lt=1.0)  # mode "ratio": fraction of IR steps
-    alpha: float = Field(0.5, ge=0.0)  # mode "temperature": source sampled proportional to size**alpha
+    alpha: float = Field(
+        0.5, ge=0.0
+    )  # mode "temperature": source sampled proportional to size**alpha
 
 
 class LossConfig(_Section):
@@ -195,7 +201,9 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
         if self.train.use_gpu is False and self.train.bf16:
-            raise ValueError("train.bf16=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)")
+            raise ValueError(
+                "train.bf16=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
+            )
         lo, hi = self.mining.rank_window
         if not 1 <= lo <= hi:
             raise ValueError(f"mining.rank_window={self.mining.rank_window}: need 1 <= low <= high")

@@ -59,6 +59,10 @@ def resolve_model_path(name_or_path: str, tiny_layers: int = 2, tiny_hidden: int
     if name_or_path == PACKAGED:
         return packaged_model_path()
     if name_or_path == TINY_RANDOM:
-        cache = Path(tempfile.gettempdir()) / "codiemb-models" / f"tiny-bert-{tiny_layers}x{tiny_hidden}"
+        cache = (
+            Path(tempfile.gettempdir())
+            / "codiemb-models"
+            / f"tiny-bert-{tiny_layers}x{tiny_hidden}"
+        )
         return build_tiny_model(cache, layers=tiny_layers, hidden=tiny_hidden)
     return name_or_path

@@ -38,7 +38,10 @@ def tokenize(
         return {"input_ids": input_ids, "attention_mask": attention, "pool_mask": attention}
     cut = len(prefix)
     pool = [
-        [0 if (not special and start < cut) else 1 for (start, _), special in zip(offsets, specials)]
+        [
+            0 if (not special and start < cut) else 1
+            for (start, _), special in zip(offsets, specials)
+        ]
         for offsets, specials in zip(enc["offset_mapping"], enc["special_tokens_mask"])
     ]
     return {"input_ids": input_ids, "attention_mask": attention, "pool_mask": pool}
