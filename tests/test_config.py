@@ -1,0 +1,74 @@
+"""Config loading: presets, overrides, and the start-up errors that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import CONFIG_DIR, ConfigError, load_config, parse_cli
+
+
+@pytest.mark.parametrize("preset", ["demo", "smoke", "gpu", "cluster"])
+def test_every_preset_loads_and_names_its_run_directory(preset):
+    cfg = load_config(preset)
+    assert cfg.preset == preset
+    assert cfg.run.name == preset
+    assert cfg.run.dir.endswith(f"/{preset}")
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        "demo", ["train.lr=1e-4", "sampler.mode=ratio", "run.root=/tmp/x", "model=/m"]
+    )
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.sampler.mode == "ratio"
+    assert cfg.run.dir == "/tmp/x/demo"
+    assert cfg.model.name_or_path == "/m"
+
+
+def test_smoke_inherits_demo_and_overrides_the_model():
+    smoke, demo = load_config("smoke"), load_config("demo")
+    assert smoke.model.name_or_path == "tiny-random"
+    assert smoke.train.lr == demo.train.lr
+    assert all(source.limit for source in smoke.data.sources)
+
+
+def test_unknown_key_names_the_key_and_the_file():
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["train.learning_rate=0.1"])
+    assert "train.learning_rate" in str(err.value)
+    assert "demo.yaml" in str(err.value)
+
+
+def test_wrong_type_names_the_key_and_the_file(tmp_path):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(preset)
+    assert "train.epochs" in str(err.value)
+    assert str(preset) in str(err.value)
+
+
+def test_unknown_preset_names_it_and_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config("no-such-preset")
+    message = str(err.value)
+    assert "no-such-preset" in message
+    assert "demo" in message
+
+
+def test_bad_combination_names_the_fix():
+    with pytest.raises(ConfigError, match="use_gpu"):
+        load_config("demo", ["train.bf16=true"])
+
+
+def test_cli_exits_with_the_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_cli(["--config", "demo", "sampler.mode=sometimes"])
+    assert exit_info.value.code == 2
+    assert "sampler.mode" in capsys.readouterr().err
+
+
+def test_presets_open_with_the_command_that_runs_them():
+    for path in CONFIG_DIR.glob("*.yaml"):
+        first = path.read_text().splitlines()[:4]
+        assert any("python -m" in line for line in first), path
