@@ -140,7 +140,11 @@ class TrainConfig(_Section):
     bf16: bool = False
     eval_every: int = Field(0, ge=0)  # 0 = only at the end
     keep_top_k: int = Field(2, gt=0)
-    checkpoint_metric: str = "dev_mean"
+    checkpoint_metric: str = "dev_mean"  # dev_mean | dev_sts_spearman | dev_ir_ndcg@10
+    dev_sts: str = "stsb-dev"  # the eval benchmark (by name) scored as STS dev during training
+    dev_ir_pool: int = Field(
+        50, ge=0
+    )  # in-loop IR dev: BM25 top-k pool per query; 0 = whole corpus
     max_failures: int = Field(1, ge=0)
 
 

@@ -1,5 +1,6 @@
-"""Training checkpoints: weights as safetensors, optimizer/scheduler/RNG state loaded with
-``weights_only=True``, and the schedule position — written atomically (complete or absent)."""
+"""Training checkpoints: a sentence-transformers folder (safetensors weights, usable as a model as it
+is) plus the optimizer/scheduler/RNG state (loaded with ``weights_only=True``) and the schedule
+position — written atomically (complete or absent)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from pipeline.model.encoder import Encoder
+from pipeline.model.save import save_pretrained_st
 
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -29,7 +33,7 @@ class Position:
 def save_training_state(
     out_dir: str | Path,
     *,
-    model: torch.nn.Module,
+    encoder: Encoder,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: Position,
@@ -38,8 +42,7 @@ def save_training_state(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(staging / WEIGHTS))
+    save_pretrained_st(encoder, staging)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -58,13 +61,14 @@ def save_training_state(
 def load_training_state(
     ckpt_dir: str | Path,
     *,
-    model: torch.nn.Module,
+    encoder: Encoder,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> Position:
     """Restore model, optimizer, scheduler and RNG from ``ckpt_dir``; return the saved position."""
     ckpt_dir = Path(ckpt_dir)
-    model.load_state_dict(load_file(str(ckpt_dir / WEIGHTS)))
+    weights = load_file(str(ckpt_dir / WEIGHTS), device=str(encoder.device))
+    encoder.backbone.load_state_dict(weights, strict=True)
     state = torch.load(ckpt_dir / OPTIMIZER, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

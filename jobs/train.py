@@ -1,0 +1,24 @@
+"""Train the configured mode(s) with Ray Train: ``python -m jobs.train --config configs/demo.yaml``.
+
+Needs ``jobs.prepare`` and ``jobs.mine`` first. ``train.mode=ir_only`` picks one mode; re-running
+the same run name resumes from the latest checkpoint."""
+
+from __future__ import annotations
+
+import ray
+
+from pipeline.config import Config, parse_cli
+from pipeline.train.driver import train_mode
+
+
+def main(cfg: Config) -> None:
+    ray.init(ignore_reinit_error=True)
+    outcome = train_mode(cfg, cfg.train.mode)
+    print(f"[train:{outcome.mode}] {outcome.steps} steps")
+    print(f"  final model : {outcome.final_model}")
+    print(f"  best model  : {outcome.best_model}  (by {cfg.train.checkpoint_metric})")
+    print(f"  metrics     : {outcome.metrics_path}")
+
+
+if __name__ == "__main__":
+    main(parse_cli(description=__doc__))

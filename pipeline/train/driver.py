@@ -1,0 +1,181 @@
+"""The Ray Train driver: datasets from the prepared and mined shards, the task schedule, the dev
+data, and one ``TorchTrainer.fit()`` per training mode. ``jobs.train`` and the pipeline call
+:func:`train_mode`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from pipeline import storage
+from pipeline.config import Config
+from pipeline.data.mining_stage import mined_shards
+from pipeline.data.prepare import prepared_shards
+from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
+from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
+from pipeline.eval.benchmarks import load_sts
+from pipeline.model.loading import resolve_model_path
+from pipeline.train.dev import DevData, ir_dev_pool
+from pipeline.train.loop import TrainSettings, train_loop_per_worker
+from pipeline.train.metrics_log import MetricsLog
+from pipeline.train.step import LossSettings
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """Where a mode's training went."""
+
+    mode: str
+    final_model: str  # sentence-transformers folder of the last step
+    best_model: str  # the best checkpoint by ``train.checkpoint_metric``
+    checkpoints: list[tuple[str, dict]]  # (folder, metrics) of every kept checkpoint
+    metrics_path: str  # every reported step, one JSON object per line
+    steps: int
+
+
+def training_shards(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]:
+    """Shards per task: IR from the mining stage (hard negatives, dev slice removed), STS as prepared."""
+    run_dir = cfg.run.dir
+    shards = {}
+    if "ir" in tasks:
+        shards["ir"] = sorted(mined_shards(storage.join(run_dir, "mined")).values())
+    if "sts" in tasks:
+        shards["sts"] = prepared_shards(storage.join(run_dir, "prepared")).get("sts", [])
+    return shards
+
+
+def dev_data(cfg: Config, tasks: tuple[str, ...]) -> DevData:
+    """STS dev pairs (the eval benchmark named ``train.dev_sts``) and the IR dev pool."""
+    sts = None
+    bench = next((b for b in cfg.eval.benchmarks if b.name == cfg.train.dev_sts), None)
+    if bench is not None:
+        sts = load_sts(bench, cfg.data.root)
+    ir = None
+    dev_file = storage.join(cfg.run.dir, "mined", "ir_dev.json")
+    if storage.exists(dev_file):
+        ir = ir_dev_pool(storage.read_json(dev_file), pool_per_query=cfg.train.dev_ir_pool)
+    return DevData(sts=sts, ir=ir)
+
+
+def train_settings(
+    cfg: Config, mode: str, model_path: str, num_batches: dict[str, int]
+) -> TrainSettings:
+    """The worker's settings for ``mode`` from the config (the one place that reads it)."""
+    t, m = cfg.train, cfg.model
+    schedule = schedule_for_run(
+        mode,
+        cfg.sampler.mode,
+        num_batches,
+        seed=cfg.run.seed,
+        ir_ratio=cfg.sampler.ir_ratio,
+        alpha=cfg.sampler.alpha,
+    )
+    return TrainSettings(
+        model_path=model_path,
+        schedule=schedule,
+        global_batch={"ir": t.ir_global_batch, "sts": t.sts_global_batch},
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        lr=t.lr,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        seed=cfg.run.seed,
+        pooling=m.pooling,
+        normalize=m.normalize,
+        gradient_checkpointing=m.gradient_checkpointing,
+        bf16=t.bf16,
+        loss=LossSettings(**cfg.loss.model_dump()),
+        dev=dev_data(cfg, TRAIN_MODE_TASKS[mode]),
+        eval_every=t.eval_every,
+        eval_batch_size=cfg.eval.batch_size,
+        max_length_query=m.max_length_query,
+        max_length_passage=m.max_length_passage,
+        max_length_sts=m.max_length_sts,
+        instruction_ir=m.instruction_ir,
+        instruction_sts=m.instruction_sts,
+        fail_at_step=cfg.debug.fail_at_step,
+        fault_marker=os.path.join(os.path.abspath(cfg.run.dir), "train", mode, ".fault_fired"),
+    )
+
+
+def train_mode(cfg: Config, mode: str) -> TrainOutcome:
+    """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train.
+
+    Re-running with the same run directory resumes: Ray Train V2 restores the run of the same
+    ``(storage_path, name)`` from its latest checkpoint."""
+    tasks = TRAIN_MODE_TASKS[mode]
+    model_path = resolve_model_path(
+        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
+    )
+    shards = training_shards(cfg, tasks)
+    global_batch = {"ir": cfg.train.ir_global_batch, "sts": cfg.train.sts_global_batch}
+    counts = count_batches(shards, {t: global_batch[t] for t in tasks})
+    for task, c in counts.items():
+        print(
+            f"[train:{mode}] {task}: {c.rows} records -> {c.batches} global batches of "
+            f"{c.global_batch}, {c.dropped} left over per epoch"
+        )
+    settings = train_settings(cfg, mode, model_path, {t: c.batches for t, c in counts.items()})
+    datasets = build_task_datasets(
+        shards,
+        tokenizer_path=model_path,
+        max_length_query=cfg.model.max_length_query,
+        max_length_passage=cfg.model.max_length_passage,
+        max_length_sts=cfg.model.max_length_sts,
+        instruction_ir=cfg.model.instruction_ir,
+        instruction_sts=cfg.model.instruction_sts,
+        seed=cfg.run.seed,
+    )
+    run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
+    out_dir = storage.join(run_dir, "train", mode)
+    metrics_path = storage.join(out_dir, "metrics.jsonl")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.run.name}-{mode}",
+            storage_path=storage.join(run_dir, "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_top_k,
+                checkpoint_score_attribute=cfg.train.checkpoint_metric,
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=[MetricsLog(metrics_path)],
+        ),
+        datasets=datasets,
+        dataset_config=ingest_config(),
+    )
+    result = trainer.fit()
+    return _collect(result, out_dir, mode, cfg.train.checkpoint_metric, metrics_path)
+
+
+def _collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
+    """Copy the last and the best checkpoints to ``<out_dir>/{final,best}``."""
+    os.makedirs(out_dir, exist_ok=True)
+    kept = [(ckpt.path, dict(metrics)) for ckpt, metrics in result.best_checkpoints]
+    best_path, _ = max(kept, key=lambda item: item[1].get(metric, float("-inf")))
+    paths = {}
+    for name, src in (("final", result.checkpoint.path), ("best", best_path)):
+        dst = os.path.join(out_dir, name)
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+        paths[name] = dst
+    return TrainOutcome(
+        mode=mode,
+        final_model=paths["final"],
+        best_model=paths["best"],
+        checkpoints=kept,
+        metrics_path=metrics_path,
+        steps=int(result.metrics.get("step", 0)),
+    )

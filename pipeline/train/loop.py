@@ -1,0 +1,186 @@
+"""The per-worker training function for Ray Train's ``TorchTrainer``.
+
+Reads top to bottom: build the encoder (DDP over gloo/NCCL through ``prepare_model``), the optimizer
+and the linear schedule; restore the latest checkpoint if Ray Train hands one back; then walk the
+task schedule epoch by epoch, one single-task step at a time, reporting every step's metrics and, every
+``eval_every`` steps and at the end, the dev metrics with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import ray.train
+import ray.train.torch
+import torch
+
+from pipeline.data.batches import SingleTaskBatches, per_worker_batches
+from pipeline.data.schedule import TaskSchedule
+from pipeline.model.encoder import Encoder
+from pipeline.train.dev import DevData, evaluate_dev
+from pipeline.train.optim import build_optimizer, build_scheduler
+from pipeline.train.state import Position, load_training_state, save_training_state
+from pipeline.train.step import LossSettings, train_step
+
+
+class InjectedFault(RuntimeError):
+    """Raised by ``debug.fail_at_step`` to test fault tolerance."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a worker needs; built by the driver (see ``pipeline.train.driver``)."""
+
+    model_path: str
+    schedule: TaskSchedule  # epoch 0's schedule; later epochs via ``for_epoch``
+    global_batch: dict[str, int]  # per task, all workers together
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 49
+    pooling: str = "mean"
+    normalize: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    loss: LossSettings = field(default_factory=LossSettings)
+    dev: DevData | None = None
+    eval_every: int = 0  # 0: only at the end
+    eval_batch_size: int = 64
+    max_length_query: int = 64
+    max_length_passage: int = 256
+    max_length_sts: int = 64
+    instruction_ir: str = ""
+    instruction_sts: str = ""
+    fail_at_step: int | None = None  # debug: crash once when this global step starts
+    fault_marker: str = (
+        ""  # a file created when the fault fired (so a restart does not fire it again)
+    )
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (the schedule's epochs, capped by ``max_steps``)."""
+        steps = sum(len(self.schedule.for_epoch(e)) for e in range(self.epochs))
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+
+def _dev_metrics(encoder: Encoder, s: TrainSettings, world_size: int) -> dict[str, float]:
+    """Dev metrics on rank 0, using the threads the other (waiting) workers leave idle."""
+    if s.dev is None:
+        return {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads * world_size)
+    try:
+        return evaluate_dev(
+            encoder,
+            s.dev,
+            max_length_query=s.max_length_query,
+            max_length_passage=s.max_length_passage,
+            max_length_sts=s.max_length_sts,
+            instruction_ir=s.instruction_ir,
+            instruction_sts=s.instruction_sts,
+            batch_size=s.eval_batch_size,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _maybe_fail(s: TrainSettings, step: int) -> None:
+    if s.fail_at_step is None or step != s.fail_at_step:
+        return
+    if s.fault_marker and os.path.exists(s.fault_marker):
+        return
+    if s.fault_marker:
+        open(s.fault_marker, "w").close()
+    raise InjectedFault(f"debug.fail_at_step={step}: injected worker fault")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config = {"settings": TrainSettings}``."""
+    s: TrainSettings = config["settings"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(s.seed)
+    device = ray.train.torch.get_device()
+    encoder = Encoder.from_pretrained(
+        s.model_path,
+        pooling=s.pooling,
+        normalize=s.normalize,
+        gradient_checkpointing=s.gradient_checkpointing,
+        device=device,
+    )
+    model = ray.train.torch.prepare_model(encoder, move_to_device=False)
+    optimizer = build_optimizer(encoder, lr=s.lr, weight_decay=s.weight_decay)
+    total = s.total_steps()
+    scheduler = build_scheduler(optimizer, total_steps=total, warmup_ratio=s.warmup_ratio)
+
+    position = Position()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            position = load_training_state(
+                folder, encoder=encoder, optimizer=optimizer, scheduler=scheduler
+            )
+    if rank == 0:
+        print(
+            f"[train] {world} workers | {total} steps | global batch {s.global_batch} "
+            f"(per worker {per_worker_batches(s.global_batch, world)}) | "
+            f"IR candidates per query term: {s.global_batch.get('ir', 0)} x positives-slot + hard "
+            f"negatives of all queries | start at step {position.step}"
+        )
+
+    shards = {task: ray.train.get_dataset_shard(task) for task in s.schedule.num_batches}
+    per_worker = per_worker_batches(s.global_batch, world)
+    pad_id = encoder.tokenizer.pad_token_id
+    step = position.step
+    for epoch in range(s.epochs):
+        batches = SingleTaskBatches(
+            shards, s.schedule.for_epoch(epoch), per_worker, pad_id, start_step=step
+        )
+        for global_step, task, batch in batches:
+            if global_step >= total:
+                break
+            _maybe_fail(s, global_step)
+            metrics = train_step(
+                model,
+                optimizer,
+                scheduler,
+                task,
+                batch,
+                settings=s.loss,
+                grad_clip=s.grad_clip,
+                device=device,
+                dim=encoder.dim,
+                bf16=s.bf16,
+            )
+            step = global_step + 1
+            metrics.update(step=step, epoch=epoch, task=task)
+            evaluate = step == total or (s.eval_every and step % s.eval_every == 0)
+            if not evaluate:
+                ray.train.report(metrics)
+                continue
+            metrics.update(_dev_metrics(encoder, s, world) if rank == 0 else {})
+            _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
+        if step >= total:
+            break
+
+
+def _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step) -> None:
+    """Report ``metrics`` with a checkpoint written by rank 0 (the other ranks report none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            folder = save_training_state(
+                os.path.join(tmp, "checkpoint"),
+                encoder=encoder,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                position=Position(
+                    step=step, metrics={k: v for k, v in metrics.items() if k != "task"}
+                ),
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
