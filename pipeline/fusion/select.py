@@ -1,0 +1,140 @@
+"""Try every fusion method and knob setting, score each fused model on dev, keep the best.
+
+    best, scores, folder = fuse_and_select(base, candidates, "runs/demo/fuse", score_fn=dev_score,
+                                           methods=["delta", "soup", "greedy_soup"], delta_power=[1, 2])
+
+``score_fn`` must be a dev scorer (e.g. the mean of STS-B dev Spearman and the IR dev slice's nDCG@10):
+the choice is made on it alone, so test benchmarks stay held out. Layout of ``out_dir``:
+
+    <method>/          the best variant of each method (what a report evaluates on test)
+    selection.json     {"best", "scores" (every variant), "folders" (per method), "candidate_scores"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.fusion.delta import Granularity, Normalize
+from pipeline.fusion.greedy import ScoreFn, greedy_soup
+from pipeline.fusion.stream import fuse
+
+ALL_METHODS = ("delta", "soup", "greedy_soup", "task_arithmetic", "ties")
+
+
+def variant_name(method: str, knobs: dict[str, object]) -> str:
+    """``delta(power=2.0, granularity=element, normalize=tensor)``; a method without knobs: its name."""
+    if not knobs:
+        return method
+    return f"{method}({', '.join(f'{k}={v}' for k, v in knobs.items())})"
+
+
+def method_variants(
+    method: str,
+    *,
+    delta_power: Sequence[float],
+    delta_granularity: Granularity,
+    delta_normalize: Normalize,
+    ta_lambda: Sequence[float],
+    ties_density: float,
+) -> list[dict[str, object]]:
+    """The knob settings tried for one per-tensor method (the grid of the config's lists)."""
+    if method == "delta":
+        return [
+            {"power": float(p), "granularity": delta_granularity, "normalize": delta_normalize}
+            for p in delta_power
+        ]
+    if method == "task_arithmetic":
+        return [{"lam": float(lam)} for lam in ta_lambda]
+    if method == "ties":
+        return [{"density": float(ties_density)}]
+    if method == "soup":
+        return [{}]
+    raise ValueError(f"unknown fusion method {method!r}; known: {list(ALL_METHODS)}")
+
+
+def _replace(src: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    src.rename(dest)
+
+
+def fuse_and_select(
+    base: str | os.PathLike,
+    candidates: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    score_fn: ScoreFn,
+    methods: Sequence[str] = ALL_METHODS,
+    delta_power: Sequence[float] = (1.0, 2.0),
+    delta_granularity: Granularity = "element",
+    delta_normalize: Normalize = "tensor",
+    ta_lambda: Sequence[float] = (0.5, 0.7, 1.0),
+    ties_density: float = 0.2,
+) -> tuple[str, dict[str, float], str]:
+    """Fuse with every method × knob setting, score each on dev, return the best.
+
+    The keyword arguments are ``FusionConfig``'s fields, so a job can pass
+    ``**cfg.fusion.model_dump(exclude={"candidates"})``.
+
+    Args:
+        base: the pre-trained folder θ_0.
+        candidates: the K fine-tuned checkpoint folders.
+        out_dir: receives one folder per method (its best variant) and ``selection.json``.
+        score_fn: ``folder -> dev score`` (higher is better); a dev scorer only, never test data.
+        methods: names from delta, soup, greedy_soup, task_arithmetic, ties.
+        delta_power, delta_granularity, delta_normalize: delta's grid (see ``fusion.delta``).
+        ta_lambda: task arithmetic's λ grid.
+        ties_density: TIES' kept fraction (λ = 1).
+
+    Returns:
+        (best variant name, e.g. "delta(power=2.0, ...)", {variant name: dev score} for every variant
+        tried, the best variant's folder ``out_dir/<method>``).
+    """
+    if not methods:
+        raise ValueError("fusion.methods is empty: name at least one method")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = {
+        "delta_power": delta_power,
+        "delta_granularity": delta_granularity,
+        "delta_normalize": delta_normalize,
+        "ta_lambda": ta_lambda,
+        "ties_density": ties_density,
+    }
+    scores: dict[str, float] = {}
+    folders: dict[str, str] = {}
+    method_of: dict[str, str] = {}
+    candidate_scores: dict[str, float] = {}
+    for method in methods:
+        folder = out / method
+        if method == "greedy_soup":
+            candidate_scores = candidate_scores or {str(c): score_fn(str(c)) for c in candidates}
+            result = greedy_soup(
+                base, candidates, folder, score_fn, candidate_scores=candidate_scores
+            )
+            scores[method], folders[method], method_of[method] = result.score, result.folder, method
+            continue
+        best_here = float("-inf")
+        for knobs in method_variants(method, **grid):
+            name = variant_name(method, knobs)
+            trial = Path(fuse(base, candidates, out / ".trial", method, **knobs))
+            scores[name], method_of[name] = score_fn(str(trial)), method
+            if scores[name] > best_here:
+                best_here = scores[name]
+                _replace(trial, folder)
+                folders[method] = str(folder)
+            else:
+                shutil.rmtree(trial)
+    best = max(scores, key=lambda name: scores[name])  # first of equals, in method order
+    summary = {
+        "best": best,
+        "scores": scores,
+        "folders": folders,
+        "candidate_scores": candidate_scores,
+    }
+    (out / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return best, scores, folders[method_of[best]]
