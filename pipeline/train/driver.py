@@ -22,6 +22,7 @@ from pipeline.model.loading import resolve_model_path
 from pipeline.train.dev import DevData, ir_dev_pool
 from pipeline.train.loop import TrainSettings, train_loop_per_worker
 from pipeline.train.metrics_log import MetricsLog
+from pipeline.train.state import TRAINING_ONLY_FILES
 from pipeline.train.step import LossSettings
 
 
@@ -161,7 +162,7 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
 
 
 def _collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
-    """Copy the last and the best checkpoints to ``<out_dir>/{final,best}``."""
+    """Copy the model files of the last and the best checkpoints to ``<out_dir>/{final,best}``."""
     os.makedirs(out_dir, exist_ok=True)
     kept = [(ckpt.path, dict(metrics)) for ckpt, metrics in result.best_checkpoints]
     best_path, _ = max(kept, key=lambda item: item[1].get(metric, float("-inf")))
@@ -169,7 +170,7 @@ def _collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) ->
     for name, src in (("final", result.checkpoint.path), ("best", best_path)):
         dst = os.path.join(out_dir, name)
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*TRAINING_ONLY_FILES))
         paths[name] = dst
     return TrainOutcome(
         mode=mode,

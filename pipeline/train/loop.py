@@ -21,7 +21,13 @@ from pipeline.data.schedule import TaskSchedule
 from pipeline.model.encoder import Encoder
 from pipeline.train.dev import DevData, evaluate_dev
 from pipeline.train.optim import build_optimizer, build_scheduler
-from pipeline.train.state import Position, load_training_state, save_training_state
+from pipeline.train.state import (
+    Position,
+    load_rng_state,
+    load_training_state,
+    save_rng_state,
+    save_training_state,
+)
 from pipeline.train.step import LossSettings, train_step
 
 
@@ -124,6 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
             position = load_training_state(
                 folder, encoder=encoder, optimizer=optimizer, scheduler=scheduler
             )
+            load_rng_state(folder, rank)
     if rank == 0:
         print(
             f"[train] {world} workers | {total} steps | global batch {s.global_batch} "
@@ -169,12 +176,13 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step) -> None:
-    """Report ``metrics`` with a checkpoint written by rank 0 (the other ranks report none)."""
+    """Report ``metrics`` with a checkpoint: the model and optimizer from rank 0, and every rank's
+    RNG state (Ray Train merges the workers' folders into one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        folder = os.path.join(tmp, "checkpoint")
         if rank == 0:
-            folder = save_training_state(
-                os.path.join(tmp, "checkpoint"),
+            save_training_state(
+                folder,
                 encoder=encoder,
                 optimizer=optimizer,
                 scheduler=scheduler,
@@ -182,5 +190,6 @@ def _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step) 
                     step=step, metrics={k: v for k, v in metrics.items() if k != "task"}
                 ),
             )
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        save_rng_state(folder, rank)
+        checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")

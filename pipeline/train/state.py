@@ -20,6 +20,7 @@ from pipeline.model.save import save_pretrained_st
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 META = "train_state.json"
+TRAINING_ONLY_FILES = (OPTIMIZER, "rng_rank*.pt")  # not needed to use the checkpoint as a model
 
 
 @dataclass
@@ -47,7 +48,6 @@ def save_training_state(
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
         },
         staging / OPTIMIZER,
     )
@@ -72,5 +72,28 @@ def load_training_state(
     state = torch.load(ckpt_dir / OPTIMIZER, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
     return Position(**json.loads((ckpt_dir / META).read_text()))
+
+
+def _rng_file(folder: str | Path, rank: int) -> Path:
+    return Path(folder) / f"rng_rank{rank:04d}.pt"
+
+
+def save_rng_state(folder: str | Path, rank: int) -> None:
+    """Write this worker's torch RNG state (dropout masks differ per worker, so each keeps its own)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    torch.save(state, _rng_file(folder, rank))
+
+
+def load_rng_state(folder: str | Path, rank: int) -> None:
+    """Restore this worker's RNG state; a checkpoint from another world size has none for it."""
+    path = _rng_file(folder, rank)
+    if not path.is_file():
+        return
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
