@@ -21,9 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import storage
+from pipeline.config import Config
 from pipeline.data.beir import load_qrels, load_split
 from pipeline.data.mining import dev_slice, mine_negatives, split_dev_queries
 from pipeline.data.mining_retrieval import Method, Retriever, TextEncoder, build_retriever
+from pipeline.data.prepare import load_manifest
 
 DEV_FILE = "ir_dev.json"
 STATS_FILE = "stats.json"
@@ -214,3 +216,63 @@ def _mine_one(
         instruction=instruction,
     )
     return table, stats.to_dict(), index_seconds
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """Everything that changes the mined output (the model only when mining encodes text)."""
+    settings = {"mining": cfg.mining.model_dump(mode="json"), "seed": cfg.run.seed}
+    if cfg.mining.method != "bm25" or cfg.mining.margin is not None:
+        settings["model"] = cfg.model.model_dump(mode="json")
+    return settings
+
+
+def _load_encoder(cfg: Config):
+    from pipeline.model.encoder import Encoder
+    from pipeline.model.loading import resolve_model_path
+
+    path = resolve_model_path(cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden)
+    print(f"[mine] encoder {cfg.model.name_or_path} -> {path}")
+    return Encoder.from_pretrained(path, pooling=cfg.model.pooling, normalize=True)
+
+
+def run_mining(cfg: Config) -> dict[str, Any]:
+    """The mining stage of a run: ``<run dir>/prepared``'s IR shards -> ``<run dir>/mined``
+    (skipped when inputs and settings are unchanged); returns ``stats.json``."""
+    prepared = storage.join(cfg.run.dir, "prepared")
+    out_dir = storage.join(cfg.run.dir, "mined")
+    manifest = load_manifest(prepared)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"no prepared data in {prepared}: run `python -m jobs.prepare` first"
+        )
+    digest = input_hash(manifest["input_hash"], _settings(cfg))
+    stats = fresh_stats(out_dir, digest)
+    if stats is not None:
+        print(f"[mine] inputs unchanged (hash {digest[:12]}): reusing {out_dir}")
+        return stats
+    sources = [
+        MineSource(
+            name=name,
+            shard=entry["shard"],
+            beir_folder=cfg.resolve_data_path(entry["path"]) if entry["format"] == "beir" else None,
+            split=entry["split"],
+        )
+        for name, entry in manifest["sources"].items()
+        if entry["task"] == "ir"
+    ]
+    return mine_sources(
+        sources,
+        out_dir=out_dir,
+        digest=digest,
+        method=cfg.mining.method,
+        num_negatives=cfg.mining.num_negatives,
+        rank_window=cfg.mining.rank_window,
+        margin=cfg.mining.margin,
+        seed=cfg.run.seed,
+        dev_source=cfg.mining.dev_source,
+        dev_queries=cfg.mining.dev_queries,
+        encoder_factory=lambda: _load_encoder(cfg),
+        max_length_query=cfg.model.max_length_query,
+        max_length_passage=cfg.model.max_length_passage,
+        instruction=cfg.model.instruction_ir,
+    )
