@@ -1,0 +1,94 @@
+"""Write the run's ``report.md`` and ``tradeoff.png`` into the run directory (local path or URI)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pipeline import storage
+from pipeline.report.tables import (
+    Results,
+    comparison_table,
+    dev_table,
+    no_negative_transfer,
+    selection_summary,
+    stage_table,
+)
+from pipeline.report.tradeoff import pareto_front, plot_tradeoff, tradeoff_points
+
+REPORT, PLOT = "report.md", "tradeoff.png"
+
+
+def _bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def render_report(
+    results: Results,
+    *,
+    chosen: str,
+    dev_selection: Mapping[str, float],
+    stage_times: Mapping[str, float],
+    notes: Sequence[str],
+    title: str,
+    sts_bench: str = "stsb-test",
+    ir_bench: str = "scifact-test",
+    sts_dev: str = "stsb-dev",
+    ir_dev: str = "ir-dev",
+) -> str:
+    """The Markdown text of the report."""
+    points = tradeoff_points(results, sts_bench=sts_bench, ir_bench=ir_bench)
+    front = ", ".join(pareto_front(points)) or "–"
+    dev = dict(sts_bench=sts_dev, ir_bench=ir_dev)
+    sections = [
+        f"# {title}",
+        "## Registered model\n\n"
+        + _bullets(selection_summary(results, chosen, dev_selection, **dev)),
+        "## Test scores (x100)\n\n"
+        + comparison_table(results, sts_bench=sts_bench, ir_bench=ir_bench, chosen=chosen),
+        f"## IR vs STS trade-off\n\n![IR vs STS trade-off]({PLOT})\n\nPareto front "
+        f"({sts_bench} Spearman, {ir_bench} nDCG@10): {front}.",
+        "## Negative transfer check\n\n"
+        + _bullets(no_negative_transfer(results, sts_bench=sts_bench, ir_bench=ir_bench)),
+        "## Dev scores and fusion selection\n\n"
+        + dev_table(results, dev_selection, chosen=chosen, **dev),
+    ]
+    if notes:
+        sections.append("## Notes\n\n" + _bullets(notes))
+    sections.append("## Wall time per stage\n\n" + stage_table(stage_times))
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report(
+    out_dir: str,
+    results: Results,
+    *,
+    chosen: str,
+    dev_selection: Mapping[str, float],
+    stage_times: Mapping[str, float],
+    notes: Sequence[str],
+    title: str = "CoDiEmb on Ray: report",
+    sts_bench: str = "stsb-test",
+    ir_bench: str = "scifact-test",
+    sts_dev: str = "stsb-dev",
+    ir_dev: str = "ir-dev",
+) -> dict[str, str]:
+    """Write ``report.md`` and ``tradeoff.png`` under ``out_dir``; return {"report", "tradeoff"} paths."""
+    paths = {
+        "report": storage.join(out_dir, REPORT),
+        "tradeoff": storage.join(out_dir, PLOT),
+    }
+    benches = dict(sts_bench=sts_bench, ir_bench=ir_bench)
+    plot_tradeoff(results, paths["tradeoff"], chosen=chosen, **benches)
+    text = render_report(
+        results,
+        chosen=chosen,
+        dev_selection=dev_selection,
+        stage_times=stage_times,
+        notes=notes,
+        title=title,
+        sts_dev=sts_dev,
+        ir_dev=ir_dev,
+        **benches,
+    )
+    storage.write_bytes(paths["report"], text.encode("utf-8"))
+    return paths

@@ -1,0 +1,157 @@
+"""The report: Pareto front, comparison tables, the computed no-negative-transfer sentences, the plot."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from pipeline.report import (
+    comparison_table,
+    dev_table,
+    no_negative_transfer,
+    pareto_front,
+    plot_tradeoff,
+    stage_table,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _model(sts: float, ndcg: float | None, dev: tuple[float, float] | None = None) -> dict:
+    out = {"stsb-test": {"spearman": sts, "pearson": sts - 1, "alignment": 0.5, "avg_cosine": 0.1}}
+    if ndcg is not None:
+        out["scifact-test"] = {"ndcg@10": ndcg, "recall@100": ndcg + 25, "mrr@10": ndcg - 4}
+    if dev is not None:
+        out["stsb-dev"] = {"spearman": dev[0]}
+        out["ir-dev"] = {"ndcg@10": dev[1]}
+    return out
+
+
+@pytest.fixture
+def results() -> dict:
+    return {
+        "base": _model(82.03, 64.51, (86.7, 60.0)),
+        "sts_only": _model(84.30, 63.20, (88.1, 59.0)),
+        "ir_only": _model(82.60, 68.55, (86.0, 66.0)),
+        "mixed": _model(84.00, 68.50, (87.9, 65.7)),
+        "joint": _model(84.10, 68.20, (88.0, 65.9)),
+        "fused:delta": _model(84.50, 68.60, (88.3, 66.3)),
+        "fused:ties": _model(84.20, None),
+    }
+
+
+def _row(table: str, model: str) -> list[str]:
+    line = next(r for r in table.splitlines() if r.startswith(f"| {model} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_pareto_front_hand_example():
+    points = {
+        "a": (1.0, 5.0),
+        "b": (2.0, 4.0),
+        "b_twin": (2.0, 4.0),  # identical points: both stay
+        "c": (3.0, 1.0),
+        "dominated": (1.5, 3.0),  # below b on both
+        "tie_x_lower_y": (3.0, 0.5),  # same x as c, lower y: dominated
+        "tie_y_lower_x": (0.5, 5.0),  # same y as a, lower x: dominated
+    }
+    assert pareto_front(points) == ["a", "b", "b_twin", "c"]
+    assert pareto_front({}) == []
+    assert pareto_front({"only": (0.0, 0.0)}) == ["only"]
+
+
+def test_comparison_table_rows_bold_and_missing(results):
+    table = comparison_table(results, chosen="fused:delta")
+    scores = table.split("\n\n")[0].splitlines()
+    assert len(scores) == 2 + len(results)  # header, separator, one row per model
+    delta = _row(table, "fused:delta (registered)")
+    assert delta[1] == "**84.50**" and delta[2] == "**68.60**"
+    assert delta[5] == f"**{(84.50 + 68.60) / 2:.2f}**"
+    assert _row(table, "base")[1] == "82.03"
+    ties = _row(table, "fused:ties")
+    assert ties[1] == "84.20" and ties[2:] == ["–"] * 4
+    assert "Embedding geometry on stsb-test" in table
+    assert "Embedding geometry on scifact-test" not in table  # no model has IR geometry
+
+
+def test_bold_marks_every_tie(results):
+    results["joint"]["stsb-test"]["spearman"] = 84.50
+    table = comparison_table(results)
+    assert _row(table, "joint")[1] == "**84.50**"
+    assert _row(table, "fused:delta")[1] == "**84.50**"
+
+
+def test_dev_table_marks_registered_variant(results):
+    selection = {"delta(power=2.0)": 77.3, "delta(power=1.0)": 77.1, "soup": 77.0}
+    table = dev_table(results, selection, chosen="fused:delta")
+    assert _row(table, "fused:delta (registered)")[3] == "**77.30**"
+    assert _row(table, "delta(power=2.0) (registered)") == [
+        "delta(power=2.0) (registered)",
+        "**77.30**",
+    ]
+    assert _row(table, "fused:ties")[1:] == ["–"] * 3
+
+
+def test_stage_table_total():
+    table = stage_table({"train": 125.0, "fuse": 10.4})
+    assert "| train | 125.0 | 2m 05s |" in table
+    assert "| **total** | **135.4** | **2m 15s** |" in table
+
+
+def test_no_negative_transfer_flips_with_the_numbers(results):
+    lines = no_negative_transfer(results)
+    assert lines[0].startswith("joint is within 0.3 of sts_only")  # 84.10 vs 84.30
+    assert "(-0.20)" in lines[0]
+    assert lines[1].startswith("joint is not within 0.3 of ir_only")  # 68.20 vs 68.55
+    worse = copy.deepcopy(results)
+    worse["joint"]["stsb-test"]["spearman"] = 83.80  # 0.5 below sts_only
+    assert no_negative_transfer(worse)[0].startswith("joint is not within 0.3 of sts_only")
+    assert "negative transfer of 0.50 points" in no_negative_transfer(worse)[0]
+    worse["joint"]["stsb-test"]["spearman"] = 84.00  # exactly 0.3 below: still within
+    assert no_negative_transfer(worse)[0].startswith("joint is within 0.3 of sts_only")
+
+
+def test_no_negative_transfer_mixed_vs_joint_and_missing(results):
+    lines = no_negative_transfer(results)
+    assert lines[2].startswith("mixed loses to joint on stsb-test Spearman")
+    assert lines[3].startswith("mixed does not lose to joint on scifact-test nDCG@10")
+    results["mixed"]["stsb-test"]["spearman"] = 84.10
+    assert no_negative_transfer(results)[2].endswith("(+0.00), a tie.")
+    del results["ir_only"]
+    assert "not measured (ir_only missing)" in no_negative_transfer(results)[1]
+
+
+def test_plot_tradeoff_writes_png_with_chosen(results, tmp_path):
+    out = tmp_path / "sub" / "tradeoff.png"
+    fig = plot_tradeoff(results, str(out), chosen="fused:delta")
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert "fused:delta" in labels and "base" in labels
+    assert "fused:ties" not in labels  # no IR score: not plotted
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "registered" in legend and "Pareto front" in legend
+
+
+def test_write_report(results, tmp_path):
+    paths = write_report(
+        str(tmp_path),
+        results,
+        chosen="fused:delta",
+        dev_selection={"fused:delta": 77.3, "fused:soup": 77.0},
+        stage_times={"train": 60.0},
+        notes=["same steps per task"],
+        title="Demo",
+    )
+    text = Path(paths["report"]).read_text(encoding="utf-8")
+    assert text.startswith("# Demo\n")
+    assert "![IR vs STS trade-off](tradeoff.png)" in text
+    assert "is the best of the 2 fusion variants" in text
+    assert "above every single checkpoint (best of them: joint" in text
+    assert "- same steps per task" in text
+    assert "joint is within 0.3 of sts_only" in text
+    assert Path(paths["tradeoff"]).read_bytes().startswith(PNG_MAGIC)
