@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -201,10 +202,16 @@ def stage_run(name: str, params: Mapping[str, Any] | None = None) -> Iterator[Ac
 def log_metrics(
     metrics: Mapping[str, float], step: int | None = None, *, run_id: str | None = None
 ) -> None:
-    """Log numeric metrics to the active run (or ``run_id``, e.g. from a Ray Train worker)."""
+    """Log numeric metrics to the active run (or ``run_id``, e.g. from a Ray Train worker);
+    characters MLflow refuses in names (``ndcg@10``) become ``_`` (``ndcg_10``)."""
     mlflow.log_metrics(
-        {key: float(value) for key, value in metrics.items()}, step=step, run_id=run_id
+        {metric_name(key): float(value) for key, value in metrics.items()}, step=step, run_id=run_id
     )
+
+
+def metric_name(name: str) -> str:
+    """``name`` with every character MLflow does not allow in a metric name replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)
 
 
 def log_artifact(

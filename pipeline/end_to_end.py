@@ -1,0 +1,191 @@
+"""The stages of the end-to-end job after data preparation: train every configured mode, fuse their
+checkpoints (choosing on dev only), evaluate every model, register the chosen one, write the report.
+
+Each stage takes the config, reads and writes named artifacts under the run directory, and is
+skipped when its ``done.json`` records the same input hash (see ``pipeline.stage_cache``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+
+from pipeline import storage
+from pipeline.config import Config
+from pipeline.eval.benchmarks import run_benchmarks
+from pipeline.model.encoder import Encoder
+from pipeline.model.loading import resolve_model_path
+from pipeline.model.save import save_pretrained_st
+from pipeline.stage_cache import cached, input_hash, mark_done
+from pipeline.train.dev import evaluate_dev
+
+
+def _local(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _weights_digest(folder: str) -> str:
+    return storage.file_sha256(storage.join(folder, "model.safetensors"))
+
+
+def base_folder(cfg: Config) -> str:
+    """The pre-trained encoder θ_0 re-saved in this project's layout (same tensor names as every
+    checkpoint, so fusion can pair them): ``<run dir>/base``."""
+    out = storage.join(_local(cfg.run.dir), "base")
+    source = resolve_model_path(cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden)
+    digest = input_hash(source, cfg.model.pooling, cfg.model.normalize)
+    if cached(out, digest) is None:
+        encoder = Encoder.from_pretrained(
+            source, pooling=cfg.model.pooling, normalize=cfg.model.normalize, device="cpu"
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        save_pretrained_st(encoder, out)
+        mark_done(out, digest, source=source)
+    return out
+
+
+def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
+    """Train each of ``train.modes`` (skipping finished ones); mode -> ``{"best", "final",
+    "checkpoints"}`` (the best checkpoint by dev, the last one, every kept one)."""
+    from pipeline.train.driver import train_mode  # imports Ray Train
+
+    mined = storage.read_json(storage.join(cfg.run.dir, "mined", "stats.json"))
+    prepared = storage.read_json(storage.join(cfg.run.dir, "prepared", "manifest.json"))
+    trained = {}
+    for mode in cfg.train.modes:
+        out = storage.join(_local(cfg.run.dir), "train", mode)
+        digest = input_hash(
+            mode,
+            base_digest,
+            mined.get("input_hash"),
+            prepared["input_hash"],
+            cfg.model.model_dump(),
+            cfg.loss.model_dump(),
+            cfg.sampler.model_dump(),
+            cfg.train.model_dump(exclude={"modes", "mode"}),
+            cfg.run.seed,
+        )
+        done = cached(out, digest)
+        if done is None:
+            outcome = train_mode(cfg, mode)
+            done = mark_done(
+                out,
+                digest,
+                best=outcome.best_model,
+                final=outcome.final_model,
+                checkpoints=[path for path, _ in outcome.checkpoints],
+                metrics=outcome.metrics_path,
+            )
+        else:
+            print(f"[pipeline] train {mode}: inputs unchanged, reusing {done['best']}")
+        trained[mode] = done
+    return trained
+
+
+def fusion_candidates(cfg: Config, trained: dict[str, dict]) -> dict[str, str]:
+    """What ``fusion.candidates`` names: the best checkpoint of every mode (``modes``) or every kept
+    checkpoint of ``train.mode``'s run (``top_k``)."""
+    if cfg.fusion.candidates == "modes":
+        return {mode: done["best"] for mode, done in trained.items()}
+    if cfg.fusion.candidates == "top_k":
+        kept = trained[cfg.train.mode]["checkpoints"]
+        return {f"{cfg.train.mode}:{os.path.basename(p)}": p for p in kept}
+    raise ValueError(
+        f"fusion.candidates={cfg.fusion.candidates!r} takes the winners of a Tune sweep: "
+        "run `python -m tune.sweep` (not available yet) or use modes / top_k"
+    )
+
+
+def dev_scorer(cfg: Config) -> Callable[[str], float]:
+    """``folder -> dev objective`` (mean of STS dev Spearman and IR dev nDCG@10; dev data only)."""
+    from pipeline.train.driver import dev_data
+
+    dev = dev_data(cfg, ("ir", "sts"))
+    m = cfg.model
+
+    def score(folder: str) -> float:
+        encoder = Encoder.from_pretrained(folder, device="cpu")
+        metrics = evaluate_dev(
+            encoder,
+            dev,
+            max_length_query=m.max_length_query,
+            max_length_passage=m.max_length_passage,
+            max_length_sts=m.max_length_sts,
+            instruction_ir=m.instruction_ir,
+            instruction_sts=m.instruction_sts,
+            batch_size=cfg.eval.batch_size,
+        )
+        return metrics["dev_mean"]
+
+    return score
+
+
+def fuse_checkpoints(cfg: Config, base: str, candidates: dict[str, str]) -> tuple[dict, str]:
+    """Fuse the candidates with every configured method as a Ray task, choosing on dev; returns
+    ``selection.json`` and the folder of the chosen fused model."""
+    import ray
+
+    from pipeline.fusion.remote import fuse_and_select_remote
+
+    out = storage.join(_local(cfg.run.dir), "fuse")
+    digest = input_hash(
+        _weights_digest(base),
+        {name: _weights_digest(folder) for name, folder in sorted(candidates.items())},
+        cfg.fusion.model_dump(),
+        [b.model_dump() for b in cfg.eval.benchmarks],
+        cfg.train.dev_ir_pool,
+    )
+    done = cached(out, digest)
+    if done is None:
+        best, _, folder = ray.get(
+            fuse_and_select_remote.remote(
+                base,
+                list(candidates.values()),
+                out,
+                score_fn=dev_scorer(cfg),
+                **cfg.fusion.model_dump(exclude={"candidates"}),
+            )
+        )
+        done = mark_done(out, digest, best=best, folder=folder)
+    selection = storage.read_json(storage.join(out, "selection.json"))
+    return selection, done["folder"]
+
+
+def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Every model on every configured benchmark: model -> benchmark -> metric (cached per weights)."""
+    results = {}
+    benchmarks = [b.model_dump() for b in cfg.eval.benchmarks]
+    m = cfg.model
+    for name, folder in folders.items():
+        out = storage.join(_local(cfg.run.dir), "eval", "models", name.replace(":", "-"))
+        digest = input_hash(_weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size)
+        done = cached(out, digest)
+        if done is None:
+            print(f"[pipeline] evaluating {name} ({folder})")
+            encoder = Encoder.from_pretrained(folder, device="cpu")
+            scores = run_benchmarks(
+                encoder,
+                cfg.eval.benchmarks,
+                data_root=cfg.data.root,
+                run_dir=cfg.run.dir,
+                batch_size=cfg.eval.batch_size,
+                sort_by_length=cfg.eval.sort_by_length,
+                corpus_chunk=cfg.eval.corpus_chunk,
+                max_length_query=m.max_length_query,
+                max_length_passage=m.max_length_passage,
+                max_length_sts=m.max_length_sts,
+                instruction_ir=m.instruction_ir,
+                instruction_sts=m.instruction_sts,
+            )
+            done = mark_done(out, digest, model=folder, results=scores)
+        results[name] = done["results"]
+    return results
+
+
+def publish_final(chosen_folder: str, run_dir: str) -> str:
+    """Copy the chosen model to ``<run dir>/final`` (a sentence-transformers folder)."""
+    final = storage.join(_local(run_dir), "final")
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(chosen_folder, final, ignore=shutil.ignore_patterns("done.json"))
+    return final
