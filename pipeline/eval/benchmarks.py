@@ -1,0 +1,237 @@
+"""The benchmarks named in the config: load each, encode with the right task settings, score.
+
+Formats (``EvalBenchmark.format``):
+- ``stsb`` / ``stsb_csv`` / ``own`` (kind sts): STS pairs read by ``pipeline.data.readers`` (gold in [0, 1]).
+- ``beir`` / ``own`` (kind ir): a BEIR folder; ``split`` names the qrels file.
+- ``ir_dev`` (kind ir): the held-out slice written by mining, ``<run dir>/mined/ir_dev.json`` unless
+  ``path`` says otherwise, searched against the full corpus of its ``source_path``. Skipped with a printed
+  note when the file does not exist yet.
+``limit`` keeps the first N pairs (STS) or queries (IR; the corpus stays whole).
+
+Queries and both sides of STS pairs get their task's instruction; documents (``title + " " + text``)
+get none. Each benchmark's results hold its scores (x100) and the geometry of its embeddings (raw).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.config import EvalBenchmark, SourceConfig
+from pipeline.data.beir import BeirSplit, load_corpus, load_split
+from pipeline.data.readers import read_source, resolve_path
+from pipeline.eval.geometry import geometry_metrics
+from pipeline.eval.ir import RunningTopK, build_run, ir_metrics
+from pipeline.eval.sts import sts_scores
+from pipeline.model.encoder import Encoder
+
+TOP_K = 100  # documents kept per query: enough for Recall@100 (MAP is over these)
+STS_POSITIVE = 0.8  # normalised gold at or above which an STS pair counts as positive (alignment)
+GEOMETRY_POINTS = 5000  # rows sampled for the pairwise geometry metrics
+FORMATS = {"sts": ("stsb", "stsb_csv", "own"), "ir": ("beir", "own", "ir_dev")}
+
+
+@dataclass(frozen=True)
+class StsData:
+    sentence1: list[str]
+    sentence2: list[str]
+    gold: np.ndarray  # [N] in [0, 1]
+
+
+@dataclass(frozen=True)
+class IrData:
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    doc_ids: list[str]
+    doc_texts: list[str]  # title + " " + text
+
+
+def load_sts(bench: EvalBenchmark, data_root: str) -> StsData:
+    """STS pairs of an ``stsb`` / ``stsb_csv`` / ``own`` file through the project's readers."""
+    source = SourceConfig(
+        name=bench.name, task="sts", format=bench.format, path=bench.path, limit=bench.limit
+    )
+    result = read_source(source, data_root)
+    if result.quarantined:
+        print(f"[eval] {bench.name}: {len(result.quarantined)} unreadable pairs left out")
+    table = result.table
+    return StsData(
+        sentence1=table.column("sentence1").to_pylist(),
+        sentence2=table.column("sentence2").to_pylist(),
+        gold=np.asarray(table.column("score").to_pylist(), dtype=np.float64),
+    )
+
+
+def _ir_dev_file(bench: EvalBenchmark, data_root: str, run_dir: str) -> str:
+    if bench.path:
+        return resolve_path(bench.path, data_root)
+    return storage.join(run_dir, "mined", "ir_dev.json")
+
+
+def load_ir(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None:
+    """Queries, qrels and corpus of a BEIR folder or the IR dev slice (None: dev slice not mined yet)."""
+    if bench.format == "ir_dev":
+        path = _ir_dev_file(bench, data_root, run_dir)
+        if not storage.exists(path):
+            print(f"[eval] {bench.name}: skipped, {path} does not exist (run jobs.mine first)")
+            return None
+        dev = storage.read_json(path)
+        folder = dev["source_path"]
+        if not storage.exists(folder):
+            folder = resolve_path(folder, data_root)
+        split = BeirSplit(corpus=load_corpus(folder), queries=dev["queries"], qrels=dev["qrels"])
+    else:
+        split = load_split(resolve_path(bench.path, data_root), bench.split)
+    kept = list(split.queries)[: bench.limit]
+    return IrData(
+        queries={qid: split.queries[qid] for qid in kept},
+        qrels={qid: {d: int(g) for d, g in split.qrels[qid].items()} for qid in kept},
+        doc_ids=list(split.corpus),
+        doc_texts=[split.document_text(doc_id) for doc_id in split.corpus],
+    )
+
+
+def evaluate_sts(
+    encoder: Encoder,
+    data: StsData,
+    *,
+    max_length: int,
+    instruction: str = "",
+    batch_size: int = 64,
+    sort_by_length: bool = True,
+) -> dict[str, float]:
+    """Spearman / Pearson x100 plus the geometry of both sides' embeddings (positives: gold >= 0.8)."""
+    kwargs = dict(
+        max_length=max_length,
+        instruction=instruction,
+        batch_size=batch_size,
+        sort_by_length=sort_by_length,
+    )
+    a = encoder.encode(data.sentence1, **kwargs)
+    b = encoder.encode(data.sentence2, **kwargs)
+    positive = data.gold >= STS_POSITIVE
+    geometry = geometry_metrics(
+        np.concatenate([a, b]), positives=(a[positive], b[positive]), max_points=GEOMETRY_POINTS
+    )
+    return {**sts_scores(a, b, data.gold), **geometry}
+
+
+def _chunks(n: int, size: int) -> Sequence[range]:
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def evaluate_ir(
+    encoder: Encoder,
+    data: IrData,
+    *,
+    max_length_query: int,
+    max_length_passage: int,
+    instruction: str = "",
+    batch_size: int = 64,
+    sort_by_length: bool = True,
+    corpus_chunk: int = 8192,
+) -> dict[str, float]:
+    """nDCG@10 / Recall@100 / MRR@10 / MAP x100 by exact cosine search, streaming the corpus in chunks;
+    plus the geometry of (a sample of) the document embeddings (positives: query, relevant document)."""
+    qids = list(data.queries)
+    query_emb = encoder.encode(
+        [data.queries[q] for q in qids],
+        max_length=max_length_query,
+        instruction=instruction,
+        batch_size=batch_size,
+        sort_by_length=sort_by_length,
+    )
+    row_of = {doc_id: row for row, doc_id in enumerate(data.doc_ids)}
+    pairs = [
+        (qi, row_of[d])
+        for qi, q in enumerate(qids)
+        for d, grade in data.qrels[q].items()
+        if grade > 0 and d in row_of
+    ]
+    n_docs = len(data.doc_ids)
+    sample = np.random.default_rng(0).choice(n_docs, min(n_docs, GEOMETRY_POINTS), replace=False)
+    wanted = np.union1d(sample, [row for _, row in pairs]).astype(int)
+    kept: dict[int, np.ndarray] = {}
+    top = RunningTopK(query_emb, TOP_K + 1)  # one spare for the self-hit rule
+    started = time.perf_counter()
+    for rows in _chunks(n_docs, corpus_chunk):
+        emb = encoder.encode(
+            data.doc_texts[rows.start : rows.stop],
+            max_length=max_length_passage,
+            batch_size=batch_size,
+            sort_by_length=sort_by_length,
+        )
+        top.add(emb)
+        for row in wanted[(wanted >= rows.start) & (wanted < rows.stop)]:
+            kept[int(row)] = emb[row - rows.start]
+    seconds = time.perf_counter() - started
+    print(f"[eval] encoded {n_docs} documents in {seconds:.1f} s ({n_docs / seconds:.1f} docs/s)")
+    scores, doc_rows = top.result()
+    run = build_run(qids, data.doc_ids, scores, doc_rows, TOP_K)
+    positives = (
+        query_emb[[qi for qi, _ in pairs]],
+        np.stack([kept[row] for _, row in pairs]) if pairs else query_emb[:0],
+    )
+    geometry = geometry_metrics(
+        np.stack([kept[int(row)] for row in sample]),
+        positives=positives,
+        max_points=GEOMETRY_POINTS,
+    )
+    return {**ir_metrics(data.qrels, run), **geometry}
+
+
+def run_benchmarks(
+    encoder: Encoder,
+    benchmarks: list[EvalBenchmark],
+    *,
+    data_root: str,
+    run_dir: str,
+    batch_size: int = 64,
+    sort_by_length: bool = True,
+    corpus_chunk: int = 8192,
+    max_length_query: int = 64,
+    max_length_passage: int = 256,
+    max_length_sts: int = 64,
+    instruction_ir: str = "",
+    instruction_sts: str = "",
+) -> dict[str, dict[str, float]]:
+    """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order."""
+    for bench in benchmarks:
+        if bench.format not in FORMATS[bench.kind]:
+            raise ValueError(
+                f"eval benchmark {bench.name!r}: format {bench.format!r} cannot be kind {bench.kind!r}"
+                f" (kind {bench.kind} takes {', '.join(FORMATS[bench.kind])})"
+            )
+    results: dict[str, dict[str, float]] = {}
+    for bench in benchmarks:
+        started = time.perf_counter()
+        if bench.kind == "sts":
+            results[bench.name] = evaluate_sts(
+                encoder,
+                load_sts(bench, data_root),
+                max_length=max_length_sts,
+                instruction=instruction_sts,
+                batch_size=batch_size,
+                sort_by_length=sort_by_length,
+            )
+        else:
+            data = load_ir(bench, data_root, run_dir)
+            if data is None:
+                continue
+            results[bench.name] = evaluate_ir(
+                encoder,
+                data,
+                max_length_query=max_length_query,
+                max_length_passage=max_length_passage,
+                instruction=instruction_ir,
+                batch_size=batch_size,
+                sort_by_length=sort_by_length,
+                corpus_chunk=corpus_chunk,
+            )
+        seconds = time.perf_counter() - started
+        print(f"[eval] {bench.name}: done in {seconds:.1f} s")
+    return results
