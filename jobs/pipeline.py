@@ -64,9 +64,11 @@ def main(cfg: Config) -> dict:
         with clock.stage("fuse"), stage_run("fuse"):
             selection, chosen_folder = fuse_checkpoints(cfg, base, fusion_candidates(cfg, trained))
             log_dict(selection, "fuse/selection.json")
-        folders = {"base": base, **{m: d["best"] for m, d in trained.items()}}
-        folders.update({f"fused:{m}": f for m, f in selection["folders"].items()})
-        chosen = next(n for n, f in folders.items() if f == chosen_folder)
+        fused = {f"fused:{m}": f for m, f in selection["folders"].items()}
+        chosen = next(n for n, f in fused.items() if f == chosen_folder)
+        if cfg.eval.fused_models == "chosen":
+            fused = {chosen: chosen_folder}
+        folders = {"base": base, **{m: d["best"] for m, d in trained.items()}, **fused}
         with clock.stage("evaluate"), stage_run("evaluate"):
             results = evaluate_models(cfg, folders)
             storage.write_json(storage.join(run_dir, "eval.json"), results)

@@ -68,6 +68,9 @@ class EvalBenchmark(_Section):
     path: str = ""
     split: str = "test"
     limit: int | None = None
+    pool: int = Field(
+        0, ge=0
+    )  # kind ir: search a BM25 top-`pool` pool per query (+ relevant docs); 0 = whole corpus
 
 
 class DataConfig(_Section):
@@ -153,6 +156,7 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, gt=0)
     sort_by_length: bool = True
     corpus_chunk: int = Field(8192, gt=0)  # documents per chunk of the exact top-k
+    fused_models: Literal["chosen", "all"] = "all"  # which fused models the evaluate stage scores
 
 
 class FusionConfig(_Section):
@@ -160,6 +164,9 @@ class FusionConfig(_Section):
         default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
     )
     candidates: Literal["modes", "top_k", "tune_best_k"] = "modes"
+    modes: list[TrainMode] = Field(
+        default_factory=list
+    )  # candidates "modes": these ([] = all trained)
     delta_power: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     delta_granularity: Literal["element", "tensor"] = "element"
     delta_normalize: Literal["none", "tensor", "global"] = "tensor"

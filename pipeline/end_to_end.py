@@ -33,7 +33,9 @@ def base_folder(cfg: Config) -> str:
     """The pre-trained encoder θ_0 re-saved in this project's layout (same tensor names as every
     checkpoint, so fusion can pair them): ``<run dir>/base``."""
     out = storage.join(_local(cfg.run.dir), "base")
-    source = resolve_model_path(cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden)
+    source = resolve_model_path(
+        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
+    )
     digest = input_hash(source, cfg.model.pooling, cfg.model.normalize)
     if cached(out, digest) is None:
         encoder = Encoder.from_pretrained(
@@ -87,7 +89,8 @@ def fusion_candidates(cfg: Config, trained: dict[str, dict]) -> dict[str, str]:
     """What ``fusion.candidates`` names: the best checkpoint of every mode (``modes``) or every kept
     checkpoint of ``train.mode``'s run (``top_k``)."""
     if cfg.fusion.candidates == "modes":
-        return {mode: done["best"] for mode, done in trained.items()}
+        modes = cfg.fusion.modes or list(trained)
+        return {mode: trained[mode]["best"] for mode in modes}
     if cfg.fusion.candidates == "top_k":
         kept = trained[cfg.train.mode]["checkpoints"]
         return {f"{cfg.train.mode}:{os.path.basename(p)}": p for p in kept}
@@ -101,7 +104,7 @@ def dev_scorer(cfg: Config) -> Callable[[str], float]:
     """``folder -> dev objective`` (mean of STS dev Spearman and IR dev nDCG@10; dev data only)."""
     from pipeline.train.driver import dev_data
 
-    dev = dev_data(cfg, ("ir", "sts"))
+    dev = dev_data(cfg)
     m = cfg.model
 
     def score(folder: str) -> float:
@@ -152,6 +155,26 @@ def fuse_checkpoints(cfg: Config, base: str, candidates: dict[str, str]) -> tupl
     return selection, done["folder"]
 
 
+def evaluate_folder(cfg: Config, folder: str) -> dict[str, dict[str, float]]:
+    """One model folder on every benchmark of ``eval.benchmarks``: benchmark -> metric -> value."""
+    m = cfg.model
+    encoder = Encoder.from_pretrained(folder, pooling=m.pooling, normalize=m.normalize)
+    return run_benchmarks(
+        encoder,
+        cfg.eval.benchmarks,
+        data_root=cfg.data.root,
+        run_dir=cfg.run.dir,
+        batch_size=cfg.eval.batch_size,
+        sort_by_length=cfg.eval.sort_by_length,
+        corpus_chunk=cfg.eval.corpus_chunk,
+        max_length_query=m.max_length_query,
+        max_length_passage=m.max_length_passage,
+        max_length_sts=m.max_length_sts,
+        instruction_ir=m.instruction_ir,
+        instruction_sts=m.instruction_sts,
+    )
+
+
 def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
     """Every model on every configured benchmark: model -> benchmark -> metric (cached per weights)."""
     results = {}
@@ -159,25 +182,13 @@ def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str,
     m = cfg.model
     for name, folder in folders.items():
         out = storage.join(_local(cfg.run.dir), "eval", "models", name.replace(":", "-"))
-        digest = input_hash(_weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size)
+        digest = input_hash(
+            _weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size
+        )
         done = cached(out, digest)
         if done is None:
             print(f"[pipeline] evaluating {name} ({folder})")
-            encoder = Encoder.from_pretrained(folder, device="cpu")
-            scores = run_benchmarks(
-                encoder,
-                cfg.eval.benchmarks,
-                data_root=cfg.data.root,
-                run_dir=cfg.run.dir,
-                batch_size=cfg.eval.batch_size,
-                sort_by_length=cfg.eval.sort_by_length,
-                corpus_chunk=cfg.eval.corpus_chunk,
-                max_length_query=m.max_length_query,
-                max_length_passage=m.max_length_passage,
-                max_length_sts=m.max_length_sts,
-                instruction_ir=m.instruction_ir,
-                instruction_sts=m.instruction_sts,
-            )
+            scores = evaluate_folder(cfg, folder)
             done = mark_done(out, digest, model=folder, results=scores)
         results[name] = done["results"]
     return results

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.config import EvalBenchmark, SourceConfig
 from pipeline.data.beir import BeirSplit, load_corpus, load_split
+from pipeline.data.mining_retrieval import BM25Retriever
 from pipeline.data.readers import read_source, resolve_path
 from pipeline.eval.geometry import geometry_metrics
 from pipeline.eval.ir import RunningTopK, build_run, ir_metrics
@@ -87,11 +88,28 @@ def load_ir(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None
     else:
         split = load_split(resolve_path(bench.path, data_root), bench.split)
     kept = list(split.queries)[: bench.limit]
-    return IrData(
+    data = IrData(
         queries={qid: split.queries[qid] for qid in kept},
         qrels={qid: {d: int(g) for d, g in split.qrels[qid].items()} for qid in kept},
         doc_ids=list(split.corpus),
         doc_texts=[split.document_text(doc_id) for doc_id in split.corpus],
+    )
+    return bm25_pool(data, bench.pool) if bench.pool else data
+
+
+def bm25_pool(data: IrData, per_query: int) -> IrData:
+    """``data`` with its corpus cut to every query's BM25 top ``per_query`` documents plus its
+    relevant ones: a cheaper, re-ranking style search for frequent dev checks (the scores are
+    higher than over the whole corpus; compare them only with each other)."""
+    keep = {d for rel in data.qrels.values() for d in rel}
+    hits = BM25Retriever(data.doc_texts).search(list(data.queries.values()), per_query)
+    keep.update(data.doc_ids[int(row)] for rows in hits for row in rows)
+    rows = [i for i, doc_id in enumerate(data.doc_ids) if doc_id in keep]
+    return IrData(
+        queries=data.queries,
+        qrels=data.qrels,
+        doc_ids=[data.doc_ids[i] for i in rows],
+        doc_texts=[data.doc_texts[i] for i in rows],
     )
 
 

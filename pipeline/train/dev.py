@@ -2,9 +2,8 @@
 checkpoint metric). Dev data only — never a test split.
 
 The IR dev set is the held-out slice of the training queries (``mined/ir_dev.json``). Searching the
-whole corpus every K steps would dominate a CPU run, so the in-loop search runs over a fixed pool:
-every dev query's BM25 top ``pool_per_query`` documents plus its relevant ones (``pool_per_query=0``
-keeps the whole corpus). The final, reported dev numbers of ``jobs.evaluate`` use the whole corpus.
+whole corpus every K steps would dominate a CPU run, so the in-loop search may run over a fixed BM25
+pool (``train.dev_ir_pool``; see ``pipeline.eval.benchmarks.bm25_pool``).
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.data.beir import load_corpus
-from pipeline.data.mining_retrieval import BM25Retriever
 from pipeline.eval.benchmarks import IrData, StsData, evaluate_ir, evaluate_sts
 from pipeline.model.encoder import Encoder
 
@@ -25,21 +22,6 @@ class DevData:
 
     sts: StsData | None
     ir: IrData | None
-
-
-def ir_dev_pool(ir_dev: dict, *, pool_per_query: int) -> IrData:
-    """The IR dev slice (the ``ir_dev.json`` mapping) over its corpus, cut to a BM25 candidate pool."""
-    corpus = load_corpus(ir_dev["source_path"])
-    doc_ids = list(corpus)
-    texts = [f"{t} {x}" if t else x for t, x in (corpus[d] for d in doc_ids)]
-    queries, qrels = ir_dev["queries"], ir_dev["qrels"]
-    if pool_per_query > 0:
-        keep = {d for rel in qrels.values() for d in rel if d in corpus}
-        hits = BM25Retriever(texts).search(list(queries.values()), pool_per_query)
-        keep.update(doc_ids[int(row)] for rows in hits for row in rows)
-        rows = [i for i, d in enumerate(doc_ids) if d in keep]
-        doc_ids, texts = [doc_ids[i] for i in rows], [texts[i] for i in rows]
-    return IrData(queries=queries, qrels=qrels, doc_ids=doc_ids, doc_texts=texts)
 
 
 def evaluate_dev(

@@ -12,14 +12,14 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipeline import storage
-from pipeline.config import Config
+from pipeline.config import Config, EvalBenchmark
 from pipeline.data.mining_stage import mined_shards
 from pipeline.data.prepare import prepared_shards
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
 from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
-from pipeline.eval.benchmarks import load_sts
+from pipeline.eval.benchmarks import load_ir, load_sts
 from pipeline.model.loading import resolve_model_path
-from pipeline.train.dev import DevData, ir_dev_pool
+from pipeline.train.dev import DevData
 from pipeline.train.loop import TrainSettings, train_loop_per_worker
 from pipeline.train.metrics_log import MetricsLog
 from pipeline.train.state import TRAINING_ONLY_FILES
@@ -49,16 +49,14 @@ def training_shards(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]
     return shards
 
 
-def dev_data(cfg: Config, tasks: tuple[str, ...]) -> DevData:
+def dev_data(cfg: Config) -> DevData:
     """STS dev pairs (the eval benchmark named ``train.dev_sts``) and the IR dev pool."""
     sts = None
     bench = next((b for b in cfg.eval.benchmarks if b.name == cfg.train.dev_sts), None)
     if bench is not None:
         sts = load_sts(bench, cfg.data.root)
-    ir = None
-    dev_file = storage.join(cfg.run.dir, "mined", "ir_dev.json")
-    if storage.exists(dev_file):
-        ir = ir_dev_pool(storage.read_json(dev_file), pool_per_query=cfg.train.dev_ir_pool)
+    ir_dev = EvalBenchmark(name="ir-dev", kind="ir", format="ir_dev", pool=cfg.train.dev_ir_pool)
+    ir = load_ir(ir_dev, cfg.data.root, cfg.run.dir)  # None when no dev slice was cut
     return DevData(sts=sts, ir=ir)
 
 
@@ -91,7 +89,7 @@ def train_settings(
         gradient_checkpointing=m.gradient_checkpointing,
         bf16=t.bf16,
         loss=LossSettings(**cfg.loss.model_dump()),
-        dev=dev_data(cfg, TRAIN_MODE_TASKS[mode]),
+        dev=dev_data(cfg),
         eval_every=t.eval_every,
         eval_batch_size=cfg.eval.batch_size,
         max_length_query=m.max_length_query,
