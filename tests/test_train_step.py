@@ -108,3 +108,20 @@ def test_checkpoint_round_trip_continues_identically(batches, tiny_model_path, t
         _step(*resumed, task, batches[task])
     for (name, a), b in zip(ref[0].state_dict().items(), resumed[0].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_gradient_checkpointing_gives_the_same_step(batches, tiny_model_path):
+    """Recomputing activations in the backward pass changes memory, not the update."""
+    updated = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        encoder = Encoder.from_pretrained(
+            tiny_model_path, gradient_checkpointing=checkpointing, device="cpu"
+        )
+        assert encoder.backbone.is_gradient_checkpointing == checkpointing
+        optimizer = build_optimizer(encoder, lr=1e-3)
+        scheduler = build_scheduler(optimizer, total_steps=1, warmup_ratio=0.0)
+        _step(encoder, optimizer, scheduler, "ir", batches["ir"])
+        updated.append(encoder.state_dict())
+    for name, value in updated[0].items():
+        assert torch.allclose(value, updated[1][name], atol=1e-6), name
