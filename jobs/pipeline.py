@@ -28,6 +28,7 @@ from pipeline.end_to_end import (
     train_modes,
 )
 from pipeline.report import write_report
+from pipeline.report.training import training_notes
 from pipeline.stage_cache import StageClock
 from pipeline.tracking import (
     TrackingUnavailable,
@@ -91,7 +92,10 @@ def main(cfg: Config) -> dict:
                 chosen=chosen,
                 dev_selection={**selection["scores"], **selection.get("candidate_scores", {})},
                 stage_times=clock.times,
-                notes=[f"Registered: {registration.message}."],
+                notes=[
+                    *training_notes({m: d["metrics"] for m, d in trained.items()}),
+                    f"Registered: {registration.message}.",
+                ],
                 title=f"CoDiEmb on Ray — run {cfg.run.name}",
             )
             for path in paths.values():
