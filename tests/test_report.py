@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,25 @@ def test_write_report(results, tmp_path):
     assert "- same steps per task" in text
     assert "joint is within 0.3 of sts_only" in text
     assert Path(paths["tradeoff"]).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_training_notes_count_steps_per_task(tmp_path):
+    from pipeline.report.training import training_notes
+
+    rows = [
+        {"step": 1, "task": "ir", "step_seconds": 30.0},
+        {"step": 2, "task": "sts", "step_seconds": 30.0},
+        {
+            "step": 3,
+            "task": "sts",
+            "step_seconds": 60.0,
+            "dev_mean": 50.0,
+            "dev_sts_spearman": 80.0,
+        },
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (note,) = training_notes({"joint": str(path)})
+    assert "1 ir + 2 sts steps" in note
+    assert "2.0 min" in note
+    assert "dev_sts_spearman 80.00" in note
