@@ -203,3 +203,25 @@ def test_benchmark_loading_limits_and_missing_dev_slice(tmp_path, data_root, cap
     wrong = EvalBenchmark(name="x", kind="sts", format="beir", path="scifact-beir")
     with pytest.raises(ValueError, match="cannot be kind 'sts'"):
         run_benchmarks(None, [wrong], data_root=str(data_root), run_dir=str(tmp_path))
+
+
+def test_bm25_pool_keeps_relevant_and_top_documents(data_root):
+    from pipeline.config import EvalBenchmark
+    from pipeline.data.mining_retrieval import BM25Retriever
+    from pipeline.eval.benchmarks import bm25_pool, load_ir
+
+    bench = EvalBenchmark(
+        name="scifact-test", kind="ir", format="beir", path="scifact-beir", split="test", limit=20
+    )
+    full = load_ir(bench, str(data_root), "unused")
+    pooled = bm25_pool(full, 5)
+    kept = set(pooled.doc_ids)
+    assert len(kept) < len(full.doc_ids)
+    assert all(d in kept for rel in full.qrels.values() for d in rel)  # every relevant document
+    hits = BM25Retriever(full.doc_texts).search(list(full.queries.values()), 5)
+    assert {full.doc_ids[int(r)] for rows in hits for r in rows} <= kept
+    # texts stay aligned with their ids
+    position = {d: i for i, d in enumerate(full.doc_ids)}
+    assert all(
+        pooled.doc_texts[i] == full.doc_texts[position[d]] for i, d in enumerate(pooled.doc_ids)
+    )
