@@ -173,6 +173,11 @@ class FusionConfig(_Section):
     ta_lambda: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
     ties_density: float = Field(0.2, gt=0.0, le=1.0)
 
+    def method_knobs(self) -> dict[str, Any]:
+        """The fusion methods and their knobs (``fuse_and_select``'s keywords), without the fields
+        that say which checkpoints to fuse."""
+        return self.model_dump(exclude={"candidates", "modes"})
+
 
 class TrackingConfig(_Section):
     uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run dir>/mlflow.db

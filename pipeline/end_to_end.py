@@ -147,7 +147,7 @@ def fuse_checkpoints(cfg: Config, base: str, candidates: dict[str, str]) -> tupl
                 list(candidates.values()),
                 out,
                 score_fn=dev_scorer(cfg),
-                **cfg.fusion.model_dump(exclude={"candidates", "modes"}),
+                **cfg.fusion.method_knobs(),
             )
         )
         done = mark_done(out, digest, best=best, folder=folder)

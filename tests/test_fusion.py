@@ -312,7 +312,7 @@ def test_select_takes_the_fusion_config_as_keywords():
     from pipeline.config import FusionConfig
 
     params = inspect.signature(fuse_and_select).parameters
-    assert set(FusionConfig.model_fields) - {"candidates"} <= set(params)
+    assert set(FusionConfig().method_knobs()) <= set(params)
 
 
 def test_ray_task_matches_local(tmp_path, base, ray_session):
