@@ -91,7 +91,9 @@ def test_encoder_and_decoder_models_train_through_the_ray_loop(smoke_root, model
     start = Encoder.from_pretrained(resolve_model_path(model), pooling=pooling)
     moved = [
         not torch.equal(a, b)
-        for a, b in zip(start.backbone.state_dict().values(), trained.backbone.state_dict().values())
+        for a, b in zip(
+            start.backbone.state_dict().values(), trained.backbone.state_dict().values()
+        )
     ]
     assert any(moved), "no parameter changed"
     texts = ["a cat sits on the mat", "retrieval of scientific claims"]
