@@ -176,7 +176,7 @@ class FusionConfig(_Section):
     def method_knobs(self) -> dict[str, Any]:
         """The fusion methods and their knobs (``fuse_and_select``'s keywords), without the fields
         that say which checkpoints to fuse."""
-        return self.model_dump(exclude={"candidates", "modes"})
+        return self.model_dump(exclude={"candidates", "modes", "num_cpus"})
 
 
 class TrackingConfig(_Section):

@@ -142,7 +142,7 @@ def fuse_checkpoints(cfg: Config, base: str, candidates: dict[str, str]) -> tupl
     done = cached(out, digest)
     if done is None:
         best, _, folder = ray.get(
-            fuse_and_select_remote.remote(
+            fuse_and_select_remote.options(num_cpus=cfg.fusion.num_cpus).remote(
                 base,
                 list(candidates.values()),
                 out,
