@@ -164,9 +164,9 @@ class FusionConfig(_Section):
         default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
     )
     candidates: Literal["modes", "top_k", "tune_best_k"] = "modes"
-    modes: list[TrainMode] = Field(
-        default_factory=list
-    )  # candidates "modes": these ([] = all trained)
+    # candidates "modes": fuse these modes' best checkpoints ([] = every trained mode)
+    modes: list[TrainMode] = Field(default_factory=list)
+    num_cpus: float = Field(2.0, gt=0.0)  # the fusion task's CPUs = its dev scoring's threads
     delta_power: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     delta_granularity: Literal["element", "tensor"] = "element"
     delta_normalize: Literal["none", "tensor", "global"] = "tensor"
