@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 Task = Literal["ir", "sts"]
+DEV_METRICS = ("dev_sts_spearman", "dev_ir_ndcg@10")  # what in-loop evaluation reports (x100)
 Pooling = Literal["mean", "cls", "last_token"]
 TrainMode = Literal["joint", "ir_only", "sts_only", "mixed"]
 
@@ -143,7 +144,12 @@ class TrainConfig(_Section):
     bf16: bool = False
     eval_every: int = Field(0, ge=0)  # 0 = only at the end
     keep_top_k: int = Field(2, gt=0)
-    checkpoint_metric: str = "dev_mean"  # dev_mean | dev_sts_spearman | dev_ir_ndcg@10
+    checkpoint_metric: str = "dev_objective"  # dev_objective | dev_mean | dev_sts_spearman | ...
+    # the dev objective: weights of the dev metrics (renormalised over those a run has); it ranks
+    # checkpoints, fusion variants and Tune trials
+    objective: dict[str, float] = Field(
+        default_factory=lambda: {"dev_sts_spearman": 0.5, "dev_ir_ndcg@10": 0.5}
+    )
     dev_sts: str = "stsb-dev"  # the eval benchmark (by name) scored as STS dev during training
     dev_ir_pool: int = Field(
         50, ge=0
@@ -187,10 +193,22 @@ class TrackingConfig(_Section):
 
 
 class TuneConfig(_Section):
+    """A Ray Tune sweep (``python -m tune.sweep``): each trial trains ``mode`` with the train section's
+    budget (``train.max_steps``, ``train.eval_every``) and reports the dev objective at every eval."""
+
+    name: str = "sweep"  # its folder is <run dir>/tune/<name>/; running the same name again resumes
+    mode: TrainMode = "joint"
     num_samples: int = Field(8, gt=0)
     max_concurrent_trials: int = Field(1, gt=0)
     search: Literal["random", "optuna"] = "random"
-    space: dict[str, Any] = Field(default_factory=dict)
+    # "section.key" -> {"loguniform": [lo, hi]} | {"uniform": [lo, hi]} | {"choice": [a, b, ...]};
+    # empty = the default space of tune.space (sampler, the four STS weights, IR temperature, lr)
+    space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
+    asha: bool = True  # early-stop trials behind on the dev objective (needs train.eval_every > 0)
+    grace_steps: int = Field(0, ge=0)  # steps before ASHA may stop a trial; 0 = train.eval_every
+    reduction_factor: int = Field(2, ge=2)
+    best_k: int = Field(3, gt=0)  # trials handed to fusion (fusion.candidates=tune_best_k)
+    trial_max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial
 
 
 class DebugConfig(_Section):
@@ -219,6 +237,12 @@ class Config(_Section):
         if self.train.use_gpu is False and self.train.bf16:
             raise ValueError(
                 "train.bf16=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
+            )
+        unknown = set(self.train.objective) - set(DEV_METRICS)
+        if unknown or not any(w > 0 for w in self.train.objective.values()):
+            raise ValueError(
+                f"train.objective={self.train.objective}: weights of {list(DEV_METRICS)}, "
+                "at least one positive"
             )
         lo, hi = self.mining.rank_window
         if not 1 <= lo <= hi:
@@ -311,6 +335,29 @@ def load_config(preset: str | Path, overrides: list[str] | None = None) -> Confi
     if not cfg.run.name:
         cfg.run.name = path.stem
     return cfg
+
+
+def with_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``{"section.key": value}`` applied and validated (a Tune trial's config)."""
+    tree: dict = {}
+    for dotted, value in values.items():
+        _set_dotted(tree, dotted, value)
+    try:
+        return Config.model_validate(_deep_merge(cfg.model_dump(), tree))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"overrides {values}: {problems}") from None
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with local ``data.root`` and ``run.root`` made absolute, for code that runs in another
+    working directory (Tune starts each trial in its own folder)."""
+    values = {
+        f"{section}.root": os.path.abspath(root)
+        for section, root in (("data", cfg.data.root), ("run", cfg.run.root))
+        if "://" not in root
+    }
+    return with_overrides(cfg, values)
 
 
 def parse_cli(argv: list[str] | None = None, description: str = "") -> Config:

@@ -86,30 +86,35 @@ def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
 
 
 def fusion_candidates(cfg: Config, trained: dict[str, dict]) -> dict[str, str]:
-    """What ``fusion.candidates`` names: the best checkpoint of every mode (``modes``) or every kept
-    checkpoint of ``train.mode``'s run (``top_k``)."""
+    """What ``fusion.candidates`` names: the best checkpoint of every mode (``modes``), every kept
+    checkpoint of ``train.mode``'s run (``top_k``) or the best trials of the sweep ``tune.name``
+    (``tune_best_k``)."""
     if cfg.fusion.candidates == "modes":
         modes = cfg.fusion.modes or list(trained)
         return {mode: trained[mode]["best"] for mode in modes}
     if cfg.fusion.candidates == "top_k":
         kept = trained[cfg.train.mode]["checkpoints"]
         return {f"{cfg.train.mode}:{os.path.basename(p)}": p for p in kept}
-    raise ValueError(
-        f"fusion.candidates={cfg.fusion.candidates!r} takes the winners of a Tune sweep: "
-        "run `python -m tune.sweep` (not available yet) or use modes / top_k"
-    )
+    best = storage.join(cfg.run.dir, "tune", cfg.tune.name, "best.json")
+    if not storage.exists(best):
+        raise FileNotFoundError(
+            f"fusion.candidates=tune_best_k reads {best}: run `python -m tune.sweep` with the same "
+            "config first"
+        )
+    return {f"tune:{t['trial']}": t["checkpoint"] for t in storage.read_json(best)["trials"]}
 
 
-def dev_scorer(cfg: Config) -> Callable[[str], float]:
-    """``folder -> dev objective`` (mean of STS dev Spearman and IR dev nDCG@10; dev data only)."""
+def dev_evaluator(cfg: Config) -> Callable[[str], dict[str, float]]:
+    """``folder -> dev metrics`` (STS and IR dev, ``dev_objective``; dev data only), the in-loop
+    evaluation applied to a saved model."""
     from pipeline.train.driver import dev_data
 
     dev = dev_data(cfg)
     m = cfg.model
 
-    def score(folder: str) -> float:
+    def evaluate(folder: str) -> dict[str, float]:
         encoder = Encoder.from_pretrained(folder, device="cpu")
-        metrics = evaluate_dev(
+        return evaluate_dev(
             encoder,
             dev,
             max_length_query=m.max_length_query,
@@ -118,26 +123,35 @@ def dev_scorer(cfg: Config) -> Callable[[str], float]:
             instruction_ir=m.instruction_ir,
             instruction_sts=m.instruction_sts,
             batch_size=cfg.eval.batch_size,
+            objective=cfg.train.objective,
         )
-        return metrics["dev_mean"]
 
-    return score
+    return evaluate
 
 
-def fuse_checkpoints(cfg: Config, base: str, candidates: dict[str, str]) -> tuple[dict, str]:
-    """Fuse the candidates with every configured method as a Ray task, choosing on dev; returns
-    ``selection.json`` and the folder of the chosen fused model."""
+def dev_scorer(cfg: Config) -> Callable[[str], float]:
+    """``folder -> dev objective`` (``train.objective`` over STS and IR dev)."""
+    evaluate = dev_evaluator(cfg)
+    return lambda folder: evaluate(folder)["dev_objective"]
+
+
+def fuse_checkpoints(
+    cfg: Config, base: str, candidates: dict[str, str], out: str = ""
+) -> tuple[dict, str]:
+    """Fuse the candidates with every configured method as a Ray task into ``out`` (default
+    ``<run dir>/fuse``), choosing on dev; returns ``selection.json`` and the chosen fused folder."""
     import ray
 
     from pipeline.fusion.remote import fuse_and_select_remote
 
-    out = storage.join(_local(cfg.run.dir), "fuse")
+    out = out or storage.join(_local(cfg.run.dir), "fuse")
     digest = input_hash(
         _weights_digest(base),
         {name: _weights_digest(folder) for name, folder in sorted(candidates.items())},
         cfg.fusion.model_dump(),
         [b.model_dump() for b in cfg.eval.benchmarks],
         cfg.train.dev_ir_pool,
+        cfg.train.objective,
     )
     done = cached(out, digest)
     if done is None:

@@ -46,3 +46,19 @@ def tiny_model_path() -> str:
     from pipeline.model.loading import resolve_model_path
 
     return resolve_model_path("tiny-random")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run tests marked slow (minutes each)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only with ``--run-slow`` (their runs are quoted in the README)."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

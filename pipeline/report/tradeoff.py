@@ -151,25 +151,47 @@ def plot_tradeoff(
     """Plot IR nDCG@10 (y) against STS Spearman (x) for every model, the Pareto front as a step line,
     the registered model as a star and the base as a square; save a PNG at ``out_path`` (local or URI)
     and return the figure."""
+    return plot_pareto(
+        tradeoff_points(results, sts_bench=sts_bench, ir_bench=ir_bench),
+        out_path,
+        chosen=chosen,
+        xlabel=f"STS: {sts_bench} Spearman (x100)",
+        ylabel=f"IR: {ir_bench} nDCG@10 (x100)",
+        title="IR vs STS trade-off (up and right is better)",
+    )
+
+
+def plot_pareto(
+    points: Mapping[str, tuple[float, float]],
+    out_path: str,
+    *,
+    chosen: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    chosen_label: str = "registered",
+) -> Figure:
+    """Scatter named (x, y) points with their Pareto front; ``chosen`` is drawn as a star (legend
+    ``chosen_label``), ``base`` as a square, names starting ``fused:`` as diamonds. Saves a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    points = tradeoff_points(results, sts_bench=sts_bench, ir_bench=ir_bench)
     fig = Figure(figsize=(9.5, 6), dpi=130)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for kind, style in _STYLES.items():
         xy = [p for m, p in points.items() if _kind(m, chosen) == kind]
         if xy:
-            ax.scatter(*zip(*xy), edgecolors="black", linewidths=0.6, label=kind, **style)
+            label = chosen_label if kind == "registered" else kind
+            ax.scatter(*zip(*xy), edgecolors="black", linewidths=0.6, label=label, **style)
     if "base" in points:
         ax.axvline(points["base"][0], color="dimgray", lw=0.6, ls=":", zorder=1)
         ax.axhline(points["base"][1], color="dimgray", lw=0.6, ls=":", zorder=1)
     ax.margins(0.15)
     _draw_front(ax, [points[n] for n in pareto_front(points)])
-    ax.set_xlabel(f"STS: {sts_bench} Spearman (x100)")
-    ax.set_ylabel(f"IR: {ir_bench} nDCG@10 (x100)")
-    ax.set_title("IR vs STS trade-off (up and right is better)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if points:
         ax.legend(

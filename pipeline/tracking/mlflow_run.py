@@ -125,10 +125,11 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lr": 2e-5}}`` -> ``{"train.lr": "2e-05"}``; lists and scalars as JSON."""
+    """``{"train": {"lr": 2e-5}}`` -> ``{"train.lr": "2e-05"}``; lists and scalars as JSON; characters
+    MLflow refuses in names become ``_`` (see :func:`metric_name`)."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
+        name = metric_name(f"{prefix}{key}")
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, f"{name}."))
         else:

@@ -1,5 +1,5 @@
-"""Dev evaluation inside training: STS-B dev Spearman and IR dev nDCG@10, and their mean (the default
-checkpoint metric). Dev data only — never a test split.
+"""Dev evaluation inside training: STS-B dev Spearman and IR dev nDCG@10, their mean and the weighted
+dev objective (``train.objective``; the default checkpoint metric). Dev data only — never a test split.
 
 The IR dev set is the held-out slice of the training queries (``mined/ir_dev.json``). Searching the
 whole corpus every K steps would dominate a CPU run, so the in-loop search may run over a fixed BM25
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import DEV_METRICS
 from pipeline.eval.benchmarks import IrData, StsData, evaluate_ir, evaluate_sts
 from pipeline.model.encoder import Encoder
 
@@ -34,8 +35,10 @@ def evaluate_dev(
     instruction_ir: str = "",
     instruction_sts: str = "",
     batch_size: int = 64,
+    objective: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """``dev_sts_spearman``, ``dev_ir_ndcg@10`` (x100) and ``dev_mean`` of the ones available."""
+    """``dev_sts_spearman``, ``dev_ir_ndcg@10`` (x100), ``dev_mean`` of the ones available and
+    ``dev_objective`` (see :func:`dev_objective`; the plain mean when ``objective`` is None)."""
     out: dict[str, float] = {}
     if dev.sts is not None:
         scores = evaluate_sts(
@@ -58,4 +61,16 @@ def evaluate_dev(
         out["dev_ir_ndcg@10"] = scores["ndcg@10"]
     if out:
         out["dev_mean"] = float(np.mean(list(out.values())))
+        out["dev_objective"] = dev_objective(out, objective)
     return out
+
+
+def dev_objective(metrics: dict[str, float], weights: dict[str, float] | None) -> float:
+    """The weighted mean of the dev metrics present in ``metrics``, weights renormalised over them
+    (``None``: equal weights). A run without IR dev data is then ranked on STS alone, and so on."""
+    weights = weights or dict.fromkeys(DEV_METRICS, 1.0)
+    present = {name: w for name, w in weights.items() if name in metrics and w > 0}
+    if not present:
+        raise ValueError(f"no dev metric of the objective {weights} in {sorted(metrics)}")
+    total = sum(present.values())
+    return float(sum(metrics[name] * w for name, w in present.items()) / total)

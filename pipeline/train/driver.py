@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipeline import storage
-from pipeline.config import Config, EvalBenchmark
+from pipeline.config import Config, ConfigError, EvalBenchmark
 from pipeline.data.mining_stage import mined_shards
 from pipeline.data.prepare import prepared_shards
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
@@ -91,6 +92,7 @@ def train_settings(
         loss=LossSettings(**cfg.loss.model_dump()),
         dev=dev_data(cfg),
         eval_every=t.eval_every,
+        objective=t.objective,
         eval_batch_size=cfg.eval.batch_size,
         max_length_query=m.max_length_query,
         max_length_passage=m.max_length_passage,
@@ -102,11 +104,18 @@ def train_settings(
     )
 
 
-def train_mode(cfg: Config, mode: str) -> TrainOutcome:
-    """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train.
-
-    Re-running with the same run directory resumes: Ray Train V2 restores the run of the same
-    ``(storage_path, name)`` from its latest checkpoint."""
+def build_trainer(
+    cfg: Config,
+    mode: str,
+    *,
+    name: str,
+    storage_path: str,
+    metrics_path: str,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> TorchTrainer:
+    """The ``TorchTrainer`` of one mode: Ray Data shards, the worker settings, checkpoints kept by
+    ``train.checkpoint_metric``. A trainer built again with the same ``(storage_path, name)`` resumes
+    that run from its latest checkpoint (Ray Train V2)."""
     tasks = TRAIN_MODE_TASKS[mode]
     model_path = resolve_model_path(
         cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
@@ -130,10 +139,7 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
         instruction_sts=cfg.model.instruction_sts,
         seed=cfg.run.seed,
     )
-    run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
-    out_dir = storage.join(run_dir, "train", mode)
-    metrics_path = storage.join(out_dir, "metrics.jsonl")
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings},
         scaling_config=ray.train.ScalingConfig(
@@ -142,24 +148,55 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=f"{cfg.run.name}-{mode}",
-            storage_path=storage.join(run_dir, "ray"),
+            name=name,
+            storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_top_k,
                 checkpoint_score_attribute=cfg.train.checkpoint_metric,
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=[MetricsLog(metrics_path)],
+            callbacks=[MetricsLog(metrics_path), *callbacks],
         ),
         datasets=datasets,
         dataset_config=ingest_config(),
     )
+
+
+def check_data_headroom(cfg: Config, concurrent_runs: int = 1, per_run_extra: float = 0.0) -> None:
+    """Fail fast unless the cluster keeps one whole CPU free beside ``concurrent_runs`` trainers: Ray
+    Data's file-listing task asks for 1 CPU, and without it every run waits forever (no error)."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    per_run = cfg.train.num_workers * cfg.train.cpus_per_worker + per_run_extra
+    if cfg.train.use_gpu or total - concurrent_runs * per_run >= 1.0:
+        return
+    raise ConfigError(
+        f"{concurrent_runs} run(s) x {cfg.train.num_workers} workers x "
+        f"train.cpus_per_worker={cfg.train.cpus_per_worker} leave less than 1 of the cluster's "
+        f"{total:g} CPUs to Ray Data, which then never reads: lower train.cpus_per_worker, "
+        "train.num_workers or tune.max_concurrent_trials"
+    )
+
+
+def train_mode(cfg: Config, mode: str) -> TrainOutcome:
+    """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train into
+    ``<run dir>/train/<mode>``. Re-running with the same run directory resumes."""
+    run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
+    out_dir = storage.join(run_dir, "train", mode)
+    metrics_path = storage.join(out_dir, "metrics.jsonl")
+    check_data_headroom(cfg)
+    trainer = build_trainer(
+        cfg,
+        mode,
+        name=f"{cfg.run.name}-{mode}",
+        storage_path=storage.join(run_dir, "ray"),
+        metrics_path=metrics_path,
+    )
     result = trainer.fit()
-    return _collect(result, out_dir, mode, cfg.train.checkpoint_metric, metrics_path)
+    return collect(result, out_dir, mode, cfg.train.checkpoint_metric, metrics_path)
 
 
-def _collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
+def collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
     """Copy the model files of the last and the best checkpoints to ``<out_dir>/{final,best}``."""
     os.makedirs(out_dir, exist_ok=True)
     kept = [(ckpt.path, dict(metrics)) for ckpt, metrics in result.best_checkpoints]

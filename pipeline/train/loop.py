@@ -56,6 +56,7 @@ class TrainSettings:
     loss: LossSettings = field(default_factory=LossSettings)
     dev: DevData | None = None
     eval_every: int = 0  # 0: only at the end
+    objective: dict[str, float] | None = None  # weights of the dev objective (None: plain mean)
     eval_batch_size: int = 64
     max_length_query: int = 64
     max_length_passage: int = 256
@@ -89,6 +90,7 @@ def _dev_metrics(encoder: Encoder, s: TrainSettings, world_size: int) -> dict[st
             instruction_ir=s.instruction_ir,
             instruction_sts=s.instruction_sts,
             batch_size=s.eval_batch_size,
+            objective=s.objective,
         )
     finally:
         torch.set_num_threads(threads)
@@ -169,7 +171,9 @@ def train_loop_per_worker(config: dict) -> None:
             if not evaluate:
                 ray.train.report(metrics)
                 continue
-            metrics.update(_dev_metrics(encoder, s, world) if rank == 0 else {})
+            metrics.update(
+                total_steps=total, **(_dev_metrics(encoder, s, world) if rank == 0 else {})
+            )
             _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
         if step >= total:
             break

@@ -1,0 +1,203 @@
+"""Ray Tune sweeps (``pytest -k "tune or sweep"``): the search space and its validation, the sweep
+report, and an 8-trial sweep of the smoke preset end to end (ASHA, MLflow runs nested under the sweep,
+the best trials fused, ``pareto.png``, ``best.json`` read back by the pipeline's fusion stage) —
+marked slow: ``pytest --run-slow -k sweep``. ``test_tune_restore.py`` runs a 3-trial sweep in
+``make test``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.config import ConfigError, load_config, with_overrides
+from pipeline.end_to_end import fusion_candidates
+from pipeline.train.dev import dev_objective
+from tune.report import trials_table, verdict, write_sweep_report
+from tune.runner import TrialRow, best_trials
+from tune.space import DEFAULT_SPACE, baseline_params, param_space, searcher
+
+SWEEP = [
+    "tune.num_samples=8",
+    "tune.max_concurrent_trials=2",
+    "train.num_workers=1",
+    "train.cpus_per_worker=0.25",  # 2 trials x 0.25 CPU: Ray Data keeps a whole CPU
+    "train.max_steps=12",
+    "train.eval_every=4",
+    "tune.best_k=3",
+    "fusion.methods=[soup,delta]",
+    "fusion.delta_power=[1.0]",
+]
+
+
+def test_tune_default_space_covers_sampler_sts_weights_ir_temperature_and_lr():
+    cfg = load_config("smoke")
+    space = param_space(cfg)
+    assert set(space) == set(DEFAULT_SPACE)
+    assert {"sampler.mode", "sampler.ir_ratio", "sampler.alpha", "train.lr"} <= set(space)
+    assert {f"loss.w_{w}" for w in ("midnce", "pro", "pearson", "rankkl")} <= set(space)
+    baseline = baseline_params(cfg)
+    assert baseline["loss.w_rankkl"] == cfg.loss.w_rankkl == 5.0
+    assert baseline["sampler.mode"] == "proportional"
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"loss.w_nope": {"uniform": [0.0, 1.0]}}, "loss.w_nope"),
+        ({"sampler.ir_ratio": {"uniform": [0.1, 1.5]}}, "sampler.ir_ratio"),
+        ({"train.lr": {"normal": [0.0, 1.0]}}, "tune.space.train.lr"),
+        ({"train.lr": {"loguniform": [1e-4, 1e-5]}}, "low < high"),
+        ({"sampler.mode": {"choice": ["proportional", "sideways"]}}, "sampler.mode"),
+    ],
+)
+def test_tune_bad_space_fails_at_start_naming_the_key(space, message):
+    cfg = with_overrides(load_config("smoke"), {"tune.space": space})
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        param_space(cfg)
+
+
+def test_tune_random_searcher_starts_with_the_baseline_and_respects_concurrency():
+    cfg = load_config("smoke", ["tune.max_concurrent_trials=2"])
+    search = searcher(cfg)
+    assert search.max_concurrent == 2
+
+
+def test_tune_optuna_searcher_suggests_the_baseline_then_values_inside_the_space():
+    pytest.importorskip("optuna")
+    cfg = load_config("smoke", ["tune.search=optuna"])
+    search = searcher(cfg)
+    assert search.set_search_properties("dev_objective", "max", param_space(cfg))
+    first, second = search.suggest("t0"), search.suggest("t1")
+    assert first == baseline_params(cfg)
+    for key, spec in DEFAULT_SPACE.items():
+        ((kind, args),) = spec.items()
+        if kind == "choice":
+            assert second[key] in args
+        else:
+            assert args[0] <= second[key] <= args[1], key
+
+
+def test_sweep_dev_objective_weights_and_renormalises_over_present_metrics():
+    metrics = {"dev_sts_spearman": 80.0, "dev_ir_ndcg@10": 60.0}
+    assert dev_objective(metrics, None) == pytest.approx(70.0)
+    assert dev_objective(metrics, {"dev_sts_spearman": 3, "dev_ir_ndcg@10": 1}) == pytest.approx(
+        75.0
+    )
+    assert (
+        dev_objective({"dev_sts_spearman": 80.0}, {"dev_sts_spearman": 1, "dev_ir_ndcg@10": 9})
+        == 80.0
+    )
+    with pytest.raises(ValueError, match="no dev metric"):
+        dev_objective({"loss": 1.0}, None)
+    with pytest.raises(ConfigError, match="train.objective"):
+        load_config("smoke", ["train.objective={dev_sts: 1.0}"])
+
+
+def _row(trial_id, sts, ir, baseline=False, checkpoint="ckpt"):
+    return TrialRow(
+        trial_id=trial_id,
+        params={"loss.w_pearson": 2.0, "sampler.mode": "ratio"},
+        status="complete",
+        steps=12,
+        total_steps=12,
+        best_step=12,
+        dev_sts=sts,
+        dev_ir=ir,
+        objective=(sts + ir) / 2,
+        checkpoint=checkpoint,
+        baseline=baseline,
+    )
+
+
+def test_sweep_report_table_verdict_best_and_pareto(tmp_path):
+    rows = [_row("a", 80.0, 60.0, baseline=True), _row("b", 82.0, 61.0), _row("c", 79.0, 65.0)]
+    rows.append(_row("d", math.nan, math.nan, checkpoint=""))
+    best = best_trials(rows, 2)
+    assert [r.trial_id for r in best] == ["c", "b"]  # 72.0 > 71.5; d has no checkpoint
+    assert "+2.00" in verdict(rows) and "c" in verdict(rows)
+    table = trials_table(rows)
+    assert table.count("\n") == 1 + len(rows) and "a (baseline)" in table and "| – |" in table
+    fused = {
+        "name": "fused:soup",
+        "of": ["tune:c", "tune:b"],
+        "dev_sts": 81.0,
+        "dev_ir": 66.0,
+        "objective": 73.5,
+    }
+    paths = write_sweep_report(str(tmp_path), rows, best, fused, title="test sweep")
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "sweep.md").read_text()
+    assert "fused:soup of the best 2" in report and "Pareto front" in report
+    assert "Pareto front (dev STS, dev IR): fused:soup, b." in report  # the fused model dominates c
+    assert set(paths) == {"report", "trials", "best", "pareto"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, ray_session):
+    from tune.sweep import main
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config("smoke", [f"run.root={root}", *SWEEP])
+    return cfg, main(cfg)
+
+
+@pytest.mark.slow  # about 12 minutes here; make test runs tests/test_tune_restore.py
+def test_sweep_of_eight_smoke_trials_writes_table_pareto_and_best(sweep):
+    cfg, out = sweep
+    rows = out["rows"]
+    assert len(rows) == 8
+    assert rows[0].baseline and sum(r.baseline for r in rows) == 1
+    scored = [r for r in rows if not math.isnan(r.objective)]
+    assert len(scored) == 8, [r.status for r in rows]  # every trial reached its first eval
+    for r in scored:
+        assert r.objective == pytest.approx((r.dev_sts + r.dev_ir) / 2, abs=1e-6)
+        assert r.status == "complete" or r.status.startswith("stopped at step")
+    # ASHA never stops a trial before the grace period (the first eval at step 4)
+    assert all(r.steps >= 4 for r in rows)
+    assert len(out["best"]) == 3
+    assert out["best"][0].objective == max(r.objective for r in scored)
+    paths = out["paths"]
+    with open(paths["pareto"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert out["fused"] is not None and out["fused"]["name"].startswith("fused:")
+    assert out["fused"]["name"] in Path(paths["report"]).read_text()
+
+
+@pytest.mark.slow  # about 12 minutes here; make test runs tests/test_tune_restore.py
+def test_sweep_logs_every_trial_as_a_nested_mlflow_run(sweep):
+    cfg, out = sweep
+    uri = f"sqlite:///{cfg.run.root}/smoke/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "smoke-sweep-sweep"]
+    assert len(parent) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(children) == 8
+    assert all("dev_objective" in r.data.metrics for r in children)
+    assert any("dev_ir_ndcg_10" in r.data.metrics for r in children)
+    assert parent[0].data.metrics["best_trial_objective"] == pytest.approx(out["best"][0].objective)
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "sweep")}
+    assert {"sweep/pareto.png", "sweep/sweep.md", "sweep/best.json"} <= artifacts
+    mlflow.set_tracking_uri("")  # leave no global URI behind for other modules
+
+
+@pytest.mark.slow  # about 12 minutes here; make test runs tests/test_tune_restore.py
+def test_sweep_best_trials_become_the_pipelines_fusion_candidates(sweep):
+    cfg, out = sweep
+    candidates = fusion_candidates(with_overrides(cfg, {"fusion.candidates": "tune_best_k"}), {})
+    assert list(candidates) == [f"tune:{r.trial_id}" for r in out["best"]]
+    assert all(path == r.checkpoint for path, r in zip(candidates.values(), out["best"]))
+
+
+def test_sweep_refuses_trials_that_leave_ray_data_no_cpu(ray_session):
+    from pipeline.train.driver import check_data_headroom
+
+    cfg = load_config("smoke", ["train.num_workers=1", "train.cpus_per_worker=0.5"])
+    check_data_headroom(cfg, concurrent_runs=1)  # 0.5 CPU of 2: fine
+    with pytest.raises(ConfigError, match="tune.max_concurrent_trials"):
+        check_data_headroom(cfg, concurrent_runs=2, per_run_extra=0.01)
