@@ -28,7 +28,7 @@ from pipeline.end_to_end import (
     train_modes,
 )
 from pipeline.report import write_report
-from pipeline.report.training import training_notes
+from pipeline.report.training import plot_dev_curves, training_notes
 from pipeline.stage_cache import StageClock
 from pipeline.tracking import (
     TrackingUnavailable,
@@ -98,6 +98,8 @@ def main(cfg: Config) -> dict:
                 ],
                 title=f"CoDiEmb on Ray — run {cfg.run.name}",
             )
+            paths["dev_curves"] = storage.join(run_dir, "dev_curves.png")
+            plot_dev_curves({m: d["metrics"] for m, d in trained.items()}, paths["dev_curves"])
             for path in paths.values():
                 log_artifact(path)
     print(f"[pipeline] report: {paths['report']}\n[pipeline] final model: {final}")

@@ -24,6 +24,18 @@ def data_root() -> Path:
     return DATA
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``; put it back after each test so
+    a test's (possibly unreachable) server never becomes a later test's default."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray session per test module, sized for a 2-core machine."""

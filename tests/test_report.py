@@ -178,3 +178,25 @@ def test_training_notes_count_steps_per_task(tmp_path):
     assert "1 ir + 2 sts steps" in note
     assert "2.0 min" in note
     assert "dev_sts_spearman 80.00" in note
+
+
+def test_dev_curves_keep_the_evaluation_steps_per_mode(tmp_path):
+    from pipeline.report.training import dev_curves, plot_dev_curves
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 1, "task": "sts", "loss": 1.0},
+        {"step": 2, "task": "ir", "loss": 0.9, "dev_sts_spearman": 80.0, "dev_ir_ndcg@10": 60.0},
+        {"step": 3, "task": "sts", "loss": 0.8},
+        {"step": 4, "task": "sts", "loss": 0.7, "dev_sts_spearman": 81.5},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = dev_curves({"joint": str(path)})
+    assert curves == {
+        "joint": [
+            {"step": 2, "dev_sts_spearman": 80.0, "dev_ir_ndcg@10": 60.0},
+            {"step": 4, "dev_sts_spearman": 81.5},
+        ]
+    }
+    plot_dev_curves({"joint": str(path)}, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

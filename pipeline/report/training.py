@@ -32,3 +32,46 @@ def training_notes(metrics_paths: dict[str, str]) -> list[str]:
             + "."
         )
     return notes
+
+
+DEV_CURVE_METRICS = {"dev_sts_spearman": "STS dev Spearman", "dev_ir_ndcg@10": "IR dev nDCG@10"}
+
+
+def dev_curves(metrics_paths: dict[str, str]) -> dict[str, list[dict]]:
+    """Per mode, the rows of its evaluation steps: ``{"step", "dev_sts_spearman", ...}``."""
+    return {
+        mode: [
+            {"step": row["step"], **{k: row[k] for k in DEV_CURVE_METRICS if k in row}}
+            for row in read_metrics(path)
+            if any(k in row for k in DEV_CURVE_METRICS)
+        ]
+        for mode, path in metrics_paths.items()
+    }
+
+
+def plot_dev_curves(metrics_paths: dict[str, str], out_path: str) -> None:
+    """One panel per dev metric, one line per mode against the optimizer step; a PNG at ``out_path``."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = dev_curves(metrics_paths)
+    fig = Figure(figsize=(10, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    for i, (key, label) in enumerate(DEV_CURVE_METRICS.items()):
+        ax = fig.add_subplot(1, len(DEV_CURVE_METRICS), i + 1)
+        for mode, rows in curves.items():
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=mode)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{label} (x100)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle("Dev metrics during training (in-loop evaluation)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    storage.write_bytes(out_path, buffer.getvalue())
