@@ -169,6 +169,8 @@ class FusionConfig(_Section):
     methods: list[Literal["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]] = Field(
         default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
     )
+    # modes: each mode's best checkpoint; top_k: train.mode's kept checkpoints; tune_best_k: the best
+    # tune.best_k trials of the sweep tune.name (run `python -m tune.sweep` first)
     candidates: Literal["modes", "top_k", "tune_best_k"] = "modes"
     # candidates "modes": fuse these modes' best checkpoints ([] = every trained mode)
     modes: list[TrainMode] = Field(default_factory=list)

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -47,7 +48,12 @@ def build_tuner(cfg: Config, folder: str, *, tracking_uri: str, parent_run_id: s
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg, sweep_dir=folder), RESOURCES_OF_DRIVER
     )
-    check_data_headroom(cfg, cfg.tune.max_concurrent_trials, RESOURCES_OF_DRIVER["CPU"])
+    check_data_headroom(
+        cfg,
+        ray.cluster_resources().get("CPU", 0.0),
+        cfg.tune.max_concurrent_trials,
+        RESOURCES_OF_DRIVER["CPU"],
+    )
     path = storage.join(folder, "tuner")
     if tune.Tuner.can_restore(path):
         print(f"[tune] restoring the interrupted sweep at {path}")

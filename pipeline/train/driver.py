@@ -163,10 +163,13 @@ def build_trainer(
     )
 
 
-def check_data_headroom(cfg: Config, concurrent_runs: int = 1, per_run_extra: float = 0.0) -> None:
-    """Fail fast unless the cluster keeps one whole CPU free beside ``concurrent_runs`` trainers: Ray
-    Data's file-listing task asks for 1 CPU, and without it every run waits forever (no error)."""
-    total = ray.cluster_resources().get("CPU", 0.0)
+def check_data_headroom(
+    cfg: Config, total_cpus: float, concurrent_runs: int = 1, per_run_extra: float = 0.0
+) -> None:
+    """Fail fast unless a cluster of ``total_cpus`` keeps one whole CPU free beside
+    ``concurrent_runs`` trainers: Ray Data's file-listing task asks for 1 CPU, and without it every
+    run waits forever (no error)."""
+    total = total_cpus
     per_run = cfg.train.num_workers * cfg.train.cpus_per_worker + per_run_extra
     if cfg.train.use_gpu or total - concurrent_runs * per_run >= 1.0:
         return
@@ -184,7 +187,7 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
     out_dir = storage.join(run_dir, "train", mode)
     metrics_path = storage.join(out_dir, "metrics.jsonl")
-    check_data_headroom(cfg)
+    check_data_headroom(cfg, ray.cluster_resources().get("CPU", 0.0))
     trainer = build_trainer(
         cfg,
         mode,
