@@ -204,7 +204,7 @@ class TuneConfig(_Section):
     max_concurrent_trials: int = Field(1, gt=0)
     search: Literal["random", "optuna"] = "random"
     # "section.key" -> {"loguniform": [lo, hi]} | {"uniform": [lo, hi]} | {"choice": [a, b, ...]};
-    # empty = the default space of tune.space (sampler, the four STS weights, IR temperature, lr)
+    # empty = DEFAULT_SPACE of tune/space.py (sampler, the four STS weights, IR temperature, lr)
     space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
     asha: bool = True  # early-stop trials behind on the dev objective (needs train.eval_every > 0)
     grace_steps: int = Field(0, ge=0)  # steps before ASHA may stop a trial; 0 = train.eval_every

@@ -59,7 +59,7 @@ def test_tune_bad_space_fails_at_start_naming_the_key(space, message):
         param_space(cfg)
 
 
-def test_tune_random_searcher_starts_with_the_baseline_and_respects_concurrency():
+def test_tune_random_searcher_respects_max_concurrent_trials():
     cfg = load_config("smoke", ["tune.max_concurrent_trials=2"])
     search = searcher(cfg)
     assert search.max_concurrent == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
@@ -99,7 +99,6 @@ class TrialRow:
     objective: float = math.nan
     checkpoint: str = ""  # the Ray Train checkpoint of the best report
     baseline: bool = False  # the config's own values (the first trial)
-    extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

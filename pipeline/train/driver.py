@@ -169,14 +169,13 @@ def check_data_headroom(
     """Fail fast unless a cluster of ``total_cpus`` keeps one whole CPU free beside
     ``concurrent_runs`` trainers: Ray Data's file-listing task asks for 1 CPU, and without it every
     run waits forever (no error)."""
-    total = total_cpus
     per_run = cfg.train.num_workers * cfg.train.cpus_per_worker + per_run_extra
-    if cfg.train.use_gpu or total - concurrent_runs * per_run >= 1.0:
+    if cfg.train.use_gpu or total_cpus - concurrent_runs * per_run >= 1.0:
         return
     raise ConfigError(
         f"{concurrent_runs} run(s) x {cfg.train.num_workers} workers x "
         f"train.cpus_per_worker={cfg.train.cpus_per_worker} leave less than 1 of the cluster's "
-        f"{total:g} CPUs to Ray Data, which then never reads: lower train.cpus_per_worker, "
+        f"{total_cpus:g} CPUs to Ray Data, which then never reads: lower train.cpus_per_worker, "
         "train.num_workers or tune.max_concurrent_trials"
     )
 
