@@ -1,0 +1,21 @@
+"""What a finished smoke pipeline run leaves in its run directory (shared by the tests that run the
+whole job in different ways, so they check the same things)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ARTIFACTS = ("report.md", "tradeoff.png", "eval.json", "final/model.safetensors", "mlflow.db")
+
+
+def assert_smoke_run_outputs(run_dir: Path) -> dict:
+    """The report, plot, results, final model and MLflow store exist, and ``eval.json`` scores the
+    base and the joint model on STS dev; returns ``eval.json``."""
+    for artifact in ARTIFACTS:
+        assert (run_dir / artifact).is_file(), artifact
+    results = json.loads((run_dir / "eval.json").read_text())
+    assert {"base", "joint"} <= set(results)
+    assert any(name.startswith("fused:") for name in results)
+    assert 0.0 < abs(results["joint"]["stsb-dev"]["spearman"]) <= 100.0
+    return results
