@@ -77,7 +77,7 @@ def main(cfg: Config) -> dict:
         with clock.stage("register"), stage_run("register"):
             final = publish_final(chosen_folder, run_dir)
             registration = register_model(
-                final,
+                storage.fetch(final),
                 uri=uri,
                 name=cfg.tracking.registered_model,
                 dev_objective=selection["scores"][selection["best"]],

@@ -21,10 +21,6 @@ from pipeline.stage_cache import cached, input_hash, mark_done
 from pipeline.train.dev import evaluate_dev
 
 
-def _local(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def _weights_digest(folder: str) -> str:
     return storage.file_sha256(storage.join(folder, "model.safetensors"))
 
@@ -32,7 +28,7 @@ def _weights_digest(folder: str) -> str:
 def base_folder(cfg: Config) -> str:
     """The pre-trained encoder θ_0 re-saved in this project's layout (same tensor names as every
     checkpoint, so fusion can pair them): ``<run dir>/base``."""
-    out = storage.join(_local(cfg.run.dir), "base")
+    out = storage.join(storage.absolute(cfg.run.dir), "base")
     source = resolve_model_path(
         cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
     )
@@ -41,8 +37,10 @@ def base_folder(cfg: Config) -> str:
         encoder = Encoder.from_pretrained(
             source, pooling=cfg.model.pooling, normalize=cfg.model.normalize, device="cpu"
         )
-        shutil.rmtree(out, ignore_errors=True)
-        save_pretrained_st(encoder, out)
+        built = storage.build_dir(out)
+        shutil.rmtree(built, ignore_errors=True)
+        save_pretrained_st(encoder, built)
+        storage.publish_dir(built, out)
         mark_done(out, digest, source=source)
     return out
 
@@ -56,7 +54,7 @@ def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
     prepared = storage.read_json(storage.join(cfg.run.dir, "prepared", "manifest.json"))
     trained = {}
     for mode in cfg.train.modes:
-        out = storage.join(_local(cfg.run.dir), "train", mode)
+        out = storage.join(storage.absolute(cfg.run.dir), "train", mode)
         digest = input_hash(
             mode,
             base_digest,
@@ -113,7 +111,7 @@ def dev_evaluator(cfg: Config) -> Callable[[str], dict[str, float]]:
     m = cfg.model
 
     def evaluate(folder: str) -> dict[str, float]:
-        encoder = Encoder.from_pretrained(folder, device="cpu")
+        encoder = Encoder.from_pretrained(storage.fetch(folder), device="cpu")
         return evaluate_dev(
             encoder,
             dev,
@@ -144,7 +142,7 @@ def fuse_checkpoints(
 
     from pipeline.fusion.remote import fuse_and_select_remote
 
-    out = out or storage.join(_local(cfg.run.dir), "fuse")
+    out = out or storage.join(storage.absolute(cfg.run.dir), "fuse")
     digest = input_hash(
         _weights_digest(base),
         {name: _weights_digest(folder) for name, folder in sorted(candidates.items())},
@@ -172,7 +170,9 @@ def fuse_checkpoints(
 def evaluate_folder(cfg: Config, folder: str) -> dict[str, dict[str, float]]:
     """One model folder on every benchmark of ``eval.benchmarks``: benchmark -> metric -> value."""
     m = cfg.model
-    encoder = Encoder.from_pretrained(folder, pooling=m.pooling, normalize=m.normalize)
+    encoder = Encoder.from_pretrained(
+        storage.fetch(folder), pooling=m.pooling, normalize=m.normalize
+    )
     return run_benchmarks(
         encoder,
         cfg.eval.benchmarks,
@@ -195,7 +195,7 @@ def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str,
     benchmarks = [b.model_dump() for b in cfg.eval.benchmarks]
     m = cfg.model
     for name, folder in folders.items():
-        out = storage.join(_local(cfg.run.dir), "eval", "models", name.replace(":", "-"))
+        out = storage.join(storage.absolute(cfg.run.dir), "eval", "models", name.replace(":", "-"))
         digest = input_hash(
             _weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size
         )
@@ -210,7 +210,6 @@ def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str,
 
 def publish_final(chosen_folder: str, run_dir: str) -> str:
     """Copy the chosen model to ``<run dir>/final`` (a sentence-transformers folder)."""
-    final = storage.join(_local(run_dir), "final")
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(chosen_folder, final, ignore=shutil.ignore_patterns("done.json"))
+    final = storage.join(storage.absolute(run_dir), "final")
+    storage.copy_dir(chosen_folder, final, skip=("done.json",))
     return final

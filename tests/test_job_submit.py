@@ -6,7 +6,6 @@ instance on the machine)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from smoke_outputs import assert_smoke_run_outputs
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -121,10 +121,4 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
-    run_dir = root / "smoke"
-    for artifact in ("report.md", "tradeoff.png", "eval.json", "final/model.safetensors"):
-        assert (run_dir / artifact).is_file(), artifact
-    results = json.loads((run_dir / "eval.json").read_text())
-    assert {"base", "joint"} <= set(results)
-    assert "spearman" in results["joint"]["stsb-dev"]
-    assert (run_dir / "mlflow.db").is_file()
+    assert_smoke_run_outputs(root / "smoke")

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_config
@@ -56,6 +57,7 @@ def _sweep(root: Path, log: Path) -> subprocess.Popen:
         )
 
 
+@pytest.mark.slow  # about 5 min here (two smoke trials, a kill, a restore); keeps make test short
 def test_tune_sweep_killed_mid_way_restores_without_rerunning_finished_trials(tmp_path):
     sweep = tmp_path / "smoke" / "tune" / "sweep"
     log = tmp_path / "sweep.log"

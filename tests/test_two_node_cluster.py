@@ -57,6 +57,6 @@ def test_two_node_cluster_runs_the_smoke_pipeline_on_file_uri_storage(two_node_c
     results = assert_smoke_run_outputs(run_dir)
     assert set(outcome["results"]) == set(results)
     # Ray Train wrote its checkpoints under the URI's folder, and the best one was copied out of it
-    assert any((run_dir / "ray").rglob("checkpoint_*/model.safetensors"))
+    assert any((run_dir / "ray").rglob("step_*/model.safetensors"))
     assert (run_dir / "train" / "joint" / "best" / "model.safetensors").is_file()
     assert Path(outcome["final"].removeprefix("file://")).resolve() == (run_dir / "final").resolve()

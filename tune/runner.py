@@ -27,8 +27,7 @@ RESOURCES_OF_DRIVER = {"CPU": 0.01}  # the trial's driver function only waits on
 
 def sweep_dir(cfg: Config) -> str:
     """``<run dir>/tune/<tune.name>``: the Tune experiment, the trials' Train runs and the report."""
-    run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
-    return storage.join(run_dir, "tune", cfg.tune.name)
+    return storage.join(storage.absolute(cfg.run.dir), "tune", cfg.tune.name)
 
 
 def scheduler(cfg: Config) -> ASHAScheduler | None:

@@ -23,6 +23,8 @@ from mlflow import ActiveRun, MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from pipeline import storage
+
 SQLITE_PREFIX = "sqlite:///"
 # Client retries once tracking is known to answer: rides out a short blip, not a long outage
 # (MLflow's own default, 7 retries with backoff, waits about 4 minutes per call).
@@ -218,7 +220,9 @@ def metric_name(name: str) -> str:
 def log_artifact(
     path: str | os.PathLike, artifact_path: str | None = None, *, run_id: str | None = None
 ) -> None:
-    """Log a file or a whole folder as artifacts of the active run (or ``run_id``)."""
+    """Log a file or a whole folder (a local path or a storage URI) as artifacts of the active run
+    (or ``run_id``)."""
+    path = storage.fetch(str(path))
     if Path(path).is_dir():
         mlflow.log_artifacts(str(path), artifact_path=artifact_path, run_id=run_id)
     else:

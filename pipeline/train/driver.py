@@ -4,8 +4,6 @@ data, and one ``TorchTrainer.fit()`` per training mode. ``jobs.train`` and the p
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,7 +98,7 @@ def train_settings(
         instruction_ir=m.instruction_ir,
         instruction_sts=m.instruction_sts,
         fail_at_step=cfg.debug.fail_at_step,
-        fault_marker=os.path.join(os.path.abspath(cfg.run.dir), "train", mode, ".fault_fired"),
+        fault_marker=storage.join(storage.absolute(cfg.run.dir), "train", mode, ".fault_fired"),
     )
 
 
@@ -183,7 +181,7 @@ def check_data_headroom(
 def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train into
     ``<run dir>/train/<mode>``. Re-running with the same run directory resumes."""
-    run_dir = cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir)
+    run_dir = storage.absolute(cfg.run.dir)
     out_dir = storage.join(run_dir, "train", mode)
     metrics_path = storage.join(out_dir, "metrics.jsonl")
     check_data_headroom(cfg, ray.cluster_resources().get("CPU", 0.0))
@@ -199,16 +197,18 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
 
 
 def collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
-    """Copy the model files of the last and the best checkpoints to ``<out_dir>/{final,best}``."""
-    os.makedirs(out_dir, exist_ok=True)
-    kept = [(ckpt.path, dict(metrics)) for ckpt, metrics in result.best_checkpoints]
+    """Copy the model files of the last and the best checkpoints to ``<out_dir>/{final,best}``
+    (from wherever Ray Train stored them to wherever ``out_dir`` is)."""
+    kept = [
+        (storage.uri_of(ckpt.filesystem, ckpt.path), dict(metrics))
+        for ckpt, metrics in result.best_checkpoints
+    ]
     best_path, _ = max(kept, key=lambda item: item[1].get(metric, float("-inf")))
+    last = storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)
     paths = {}
-    for name, src in (("final", result.checkpoint.path), ("best", best_path)):
-        dst = os.path.join(out_dir, name)
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*TRAINING_ONLY_FILES))
-        paths[name] = dst
+    for name, src in (("final", last), ("best", best_path)):
+        paths[name] = storage.join(out_dir, name)
+        storage.copy_dir(src, paths[name], skip=TRAINING_ONLY_FILES)
     return TrainOutcome(
         mode=mode,
         final_model=paths["final"],

@@ -16,6 +16,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from pipeline import storage
 from pipeline.data.batches import SingleTaskBatches, per_worker_batches
 from pipeline.data.schedule import TaskSchedule
 from pipeline.model.encoder import Encoder
@@ -99,10 +100,10 @@ def _dev_metrics(encoder: Encoder, s: TrainSettings, world_size: int) -> dict[st
 def _maybe_fail(s: TrainSettings, step: int) -> None:
     if s.fail_at_step is None or step != s.fail_at_step:
         return
-    if s.fault_marker and os.path.exists(s.fault_marker):
+    if s.fault_marker and storage.exists(s.fault_marker):
         return
     if s.fault_marker:
-        open(s.fault_marker, "w").close()
+        storage.write_bytes(s.fault_marker, b"")
     raise InjectedFault(f"debug.fail_at_step={step}: injected worker fault")
 
 
