@@ -38,8 +38,10 @@ def padding_share(lengths: list[int], batch_size: int, sort_by_length: bool) -> 
     return 1.0 - sum(lengths) / slots
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def corpus_arguments(description: str, repeats: int, repeats_help: str) -> argparse.ArgumentParser:
+    """The options of the encoding benches: model, data root, sample size, batch, length, repeats,
+    output."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="packaged")
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument(
@@ -47,15 +49,25 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per mode (best one counts)")
+    parser.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
     parser.add_argument("--out", required=True, help="JSON file (local path or URI)")
-    args = parser.parse_args(argv)
+    return parser
 
-    corpus = load_corpus(os.path.join(args.data_root, "scifact-beir"))
+
+def corpus_texts(data_root: str, limit: int) -> list[str]:
+    """SciFact documents as ``title + " " + text``; with ``limit``, a seeded sample in corpus order."""
+    corpus = load_corpus(os.path.join(data_root, "scifact-beir"))
     texts = [f"{title} {text}" if title else text for title, text in corpus.values()]
-    if args.limit:
-        picked = np.random.default_rng(0).choice(len(texts), args.limit, replace=False)
+    if limit:
+        picked = np.random.default_rng(0).choice(len(texts), limit, replace=False)
         texts = [texts[i] for i in sorted(picked)]
+    return texts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = corpus_arguments(__doc__.splitlines()[0], 2, "runs per mode (best one counts)")
+    args = parser.parse_args(argv)
+    texts = corpus_texts(args.data_root, args.limit)
     encoder = Encoder.from_pretrained(resolve_model_path(args.model))
     lengths = [len(ids) for ids in tokenize(encoder.tokenizer, texts, args.max_length)["input_ids"]]
     encoder.encode(texts[: args.batch_size], max_length=args.max_length)  # warm-up

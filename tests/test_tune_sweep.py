@@ -137,15 +137,18 @@ def test_sweep_report_table_verdict_best_and_pareto(tmp_path):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The 8-trial sweep, on a Ray session with 4 logical CPUs: two concurrent trials each hold Ray
-    Data tasks of 1 CPU besides their worker, which 2 logical CPUs cannot fit (tiny models: the two
-    cores are shared, not oversubscribed in practice)."""
+    """The 8-trial sweep, one trial at a time, on a Ray session with 4 logical CPUs (tiny models: the
+    two cores are shared, not oversubscribed in practice)."""
     import ray
 
     from tune.sweep import main
 
-    ray.init(
-        num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False, log_to_driver=False
+    ray.init(  # with the dashboard: Train's placement-group cleaner asks the state API whether a
+        # stopped trial's controller is gone, and without it never frees the trial's CPUs
+        num_cpus=4,
+        object_store_memory=300 * 1024**2,
+        include_dashboard=True,
+        log_to_driver=False,
     )
     root = tmp_path_factory.mktemp("runs")
     cfg = load_config("smoke", [f"run.root={root}", *SWEEP])

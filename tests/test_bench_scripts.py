@@ -1,0 +1,168 @@
+"""The pure pieces of the benchmarks in ``bench/``: FLOP count, token accounting, interleaved timing,
+the report, both trainers on the same weights, and the GPU step's CPU fallback without Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertConfig, BertModel
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import gpu_step  # noqa: E402
+from bench.encode_throughput import st_order  # noqa: E402
+from pipeline.train.step import batch_size_and_tokens  # noqa: E402
+
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+def test_flop_formula_matches_a_hand_count_and_torch_flop_counter():
+    config = BertConfig(vocab_size=100, attn_implementation="sdpa", **TINY)
+    # per layer 4 h^2 + 2 h i = 4*32*32 + 2*32*64 = 8192, two layers
+    assert gpu_step.matmul_params(config) == 16384
+    # 6 * 16384 * (5 + 9) + 12 * 2 * 32 * (25 + 81)
+    assert gpu_step.train_flops(config, [5, 9]) == 1376256 + 81408
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False)
+    counted = 0
+    for length in (5, 9):  # one unpadded text at a time: every counted FLOP is on a real token
+        ids = torch.randint(0, 100, (1, length))
+        with FlopCounterMode(display=False) as counter:
+            model(
+                input_ids=ids, attention_mask=torch.ones_like(ids)
+            ).last_hidden_state.sum().backward()
+        counted += counter.get_total_flops()
+    assert counted == gpu_step.train_flops(config, [5, 9])
+
+
+def test_token_counts_separate_real_tokens_from_padding():
+    masks = [torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([[1, 1, 1, 1]])]
+    assert gpu_step.token_counts(masks) == (7, 10)
+    assert gpu_step.real_lengths(masks) == [2, 1, 4]
+
+
+def test_both_ir_layouts_hold_the_same_real_tokens():
+    shape = gpu_step.QUICK_BATCHES["ir"]
+    ours, theirs = gpu_step.ir_batches(np.random.default_rng(0), shape, vocab=30522)
+    assert len(theirs) == 1 + shape.passages  # anchor, positive, negatives
+    assert ours["positives"]["input_ids"].shape[:2] == (shape.rows, 1)
+    assert ours["negatives"]["input_ids"].shape[:2] == (shape.rows, shape.passages - 1)
+    real, _ = gpu_step.token_counts(gpu_step.our_masks("ir", ours))
+    assert real == gpu_step.token_counts(f["attention_mask"] for f in theirs)[0]
+    assert real == batch_size_and_tokens("ir", ours)[1]  # the project's own count
+    # the first passage of every query is its positive in both layouts
+    assert torch.equal(ours["positives"]["input_ids"][:, 0], theirs[1]["input_ids"])
+
+
+def test_compare_warms_up_then_interleaves_the_systems():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    seconds = gpu_step.compare(steps, warmup=1, windows=3, per_window=2)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert {name: len(runs) for name, runs in seconds.items()} == {"a": 3, "b": 3}
+
+
+def test_rates_are_medians_over_windows():
+    row = gpu_step.rates([1.0, 4.0, 2.0], {"docs": 8, "tokens": 80})
+    assert row == {"docs/s": 4.0, "tokens/s": 40.0, "seconds": 2.0}
+
+
+def test_finish_prints_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "r" / "bench.json"
+    gpu_step.finish({"ratio": 1.25, "results": {"x": {"docs/s": 3.0}}}, "| t |", str(out))
+    assert json.loads(out.read_text()) == {"ratio": 1.25, "results": {"x": {"docs/s": 3.0}}}
+    printed = capsys.readouterr().out
+    assert "| t |" in printed and "1.250" in printed
+
+
+def test_sentence_transformers_order_is_longest_text_first():
+    assert st_order(["ab", "abcd", "a"], [5, 9, 2]) == [9, 5, 2]
+
+
+def test_both_systems_start_from_the_same_weights_and_train(tmp_path):
+    folder = gpu_step.write_random_model(TINY, tmp_path / "model")
+    systems = gpu_step.Systems.load(folder, device=torch.device("cpu"), lr=1e-3, total_steps=10)
+    ours, features = gpu_step.sts_batches(
+        np.random.default_rng(0), gpu_step.QUICK_BATCHES["sts"], vocab=30522
+    )
+    systems.ours.eval()
+    systems.theirs.eval()
+    with torch.no_grad():
+        mine = systems.ours(**ours["sentence1"])
+        theirs = systems.theirs(dict(features[0]))["sentence_embedding"]
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    weights = {
+        gpu_step.OURS: systems.ours.backbone.embeddings.word_embeddings.weight,
+        gpu_step.THEIRS: systems.theirs[0].model.embeddings.word_embeddings.weight,
+    }
+    before = {s: w.detach().clone() for s, w in weights.items()}
+    for step in systems.steps("sts", [(ours, features, ours["score"])]).values():
+        step()
+    for system, weight in weights.items():
+        assert not torch.equal(before[system], weight), f"{system} did not update"
+
+
+def test_train_throughput_batches_give_both_systems_the_same_tokens(data_root, tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    from bench import train_throughput as tt
+    from pipeline.config import load_config
+    from pipeline.data.readers import read_source, source_path
+
+    cfg = load_config(
+        "demo", [f"data.root={data_root}", "model.max_length_passage=48", "mining.num_negatives=2"]
+    )
+    source = tt._source(cfg, "ir")
+    records = read_source(source.model_copy(update={"limit": 6}), str(data_root)).table
+    records = tt.random_negatives(records, source_path(source, str(data_root)), 2, seed=0)
+    positives = records.column("positives").to_pylist()
+    for negatives, texts in zip(records.column("negatives").to_pylist(), positives):
+        assert len(negatives) == 2 and not set(negatives) & set(texts)
+    st_model = SentenceTransformer(tiny_model_path, device="cpu")
+    records = tt._replace(records, "positives", [p[:1] for p in positives])
+    batches = [
+        tt.ir_batch(cfg, table, tiny_model_path, st_model, pad_id=0)
+        for table in tt.slices(records, 3, 2)
+    ]
+    work = tt.checked_work("ir", batches)  # raises when the two tokenisations differ
+    assert work["pairs"] == 3 and work["tokens"] > 0
+    ours, features, _ = batches[0]
+    features[1]["attention_mask"][0, 0] = 0
+    with pytest.raises(RuntimeError, match="tokens"):
+        tt.checked_work("ir", [(ours, features, None)])
+
+
+def test_gpu_step_imports_neither_ray_nor_mlflow():
+    """The GPU machine has no Ray, MLflow or pydantic (which ``pipeline.config`` needs)."""
+    code = (
+        "import sys; import bench.gpu_step; "
+        "loaded = [m for m in ('ray', 'mlflow', 'pipeline.config') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_gpu_step_falls_back_to_cpu(tmp_path):
+    out = tmp_path / "gpu_step.json"
+    argv = ["--device", "cpu", "--quick", "--shapes", "minilm-l6", "--windows", "1"]
+    gpu_step.main([*argv, "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == {"minilm-l6 ir", "minilm-l6 sts"}
+    for row in report["results"].values():
+        assert row["real tokens/s"] > 0 and row["MFU %"] > 0 and 0 <= row["padding %"] < 100
