@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.eval.benchmarks import run_benchmarks
+from pipeline.fusion.stream import check_finite
 from pipeline.model.encoder import Encoder
 from pipeline.model.loading import resolve_model_path
 from pipeline.model.save import save_pretrained_st
@@ -209,7 +210,9 @@ def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str,
 
 
 def publish_final(chosen_folder: str, run_dir: str) -> str:
-    """Copy the chosen model to ``<run dir>/final`` (a sentence-transformers folder)."""
+    """Copy the chosen model to ``<run dir>/final`` (a sentence-transformers folder); a model with
+    NaN/inf weights is refused (``NonFiniteWeights``) and never reaches the registry."""
+    check_finite(storage.fetch(chosen_folder))
     final = storage.join(storage.absolute(run_dir), "final")
     storage.copy_dir(chosen_folder, final, skip=("done.json",))
     return final

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from pipeline.fusion import fuse, fuse_and_select, greedy_soup
 from pipeline.fusion.delta import delta_merge, delta_weights
 from pipeline.fusion.registry import METHODS, Method
+from pipeline.fusion.stream import NonFiniteWeights, check_finite
 from pipeline.fusion.ties import ties_merge
 
 SHAPES = {"emb.weight": (6, 4), "layer.weight": (4, 4), "layer.bias": (4,)}
@@ -327,3 +328,56 @@ def test_ray_task_matches_local(tmp_path, base, ray_session):
     assert remote == str(tmp_path / "remote")
     for name, tensor in read(remote).items():
         assert torch.equal(tensor, local[name])
+
+
+def test_nonfinite_fused_tensor_is_refused_and_never_written(tmp_path, base):
+    base_dir, base_tensors = base
+    good, _ = finetuned(tmp_path, base_tensors, "good", seed=1)
+    bad_tensors = {k: v.clone() for k, v in base_tensors.items()}
+    bad_tensors["layer.weight"][0, 0] = float("nan")
+    bad = write_ckpt(tmp_path / "bad", bad_tensors)
+    with pytest.raises(NonFiniteWeights, match="layer.weight"):
+        fuse(base_dir, [good, bad], tmp_path / "fused", "soup")
+    assert not (tmp_path / "fused").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fused")] == []
+    with pytest.raises(NonFiniteWeights, match=r"bad: tensor 'layer.weight' has 1 NaN/inf"):
+        check_finite(bad)
+    check_finite(good)
+
+
+def test_fuse_and_select_refuses_overflowing_variants_and_keeps_the_rest(tmp_path):
+    base_dir = constant_ckpt(tmp_path, "base", 0.0)
+    cands = [constant_ckpt(tmp_path, n, 1e38) for n in ("c1", "c2")]  # float32 max is 3.4e38
+
+    def score(folder: str) -> float:
+        return float(read(folder)["emb.weight"].mean())
+
+    best, scores, _ = fuse_and_select(
+        base_dir,
+        cands,
+        tmp_path / "fuse",
+        score_fn=score,
+        methods=["soup", "task_arithmetic"],
+        ta_lambda=[0.5, 2.0],
+    )  # λ = 2: 2 · (1e38 + 1e38) overflows to inf
+    assert set(scores) == {"soup", "task_arithmetic(lam=0.5)"} and best == "soup"
+    refused = json.loads((tmp_path / "fuse" / "selection.json").read_text())["refused"]
+    assert list(refused) == ["task_arithmetic(lam=2.0)"]
+    with pytest.raises(NonFiniteWeights, match="every fusion variant"):
+        fuse_and_select(
+            base_dir,
+            cands,
+            tmp_path / "fuse2",
+            score_fn=score,
+            methods=["task_arithmetic"],
+            ta_lambda=[2.0],
+        )
+
+
+def test_publish_final_refuses_a_model_with_nan_weights(tmp_path):
+    from pipeline.end_to_end import publish_final
+
+    bad = constant_ckpt(tmp_path, "chosen", float("inf"))
+    with pytest.raises(NonFiniteWeights, match="chosen"):
+        publish_final(str(bad), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "final").exists()

@@ -7,7 +7,8 @@
 the choice is made on it alone, so test benchmarks stay held out. Layout of ``out_dir``:
 
     <method>/          the best variant of each method (what a report evaluates on test)
-    selection.json     {"best", "scores" (every variant), "folders" (per method), "candidate_scores"}
+    selection.json     {"best", "scores" (every variant), "folders" (per method), "candidate_scores",
+                        "refused" (variant -> why: a fused tensor with NaN/inf)}
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pipeline.fusion.delta import Granularity, Normalize
 from pipeline.fusion.greedy import ScoreFn, greedy_soup
-from pipeline.fusion.stream import fuse
+from pipeline.fusion.stream import NonFiniteWeights, fuse
 
 ALL_METHODS = ("delta", "soup", "greedy_soup", "task_arithmetic", "ties")
 
@@ -60,6 +61,11 @@ def _replace(src: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     src.rename(dest)
+
+
+def _refuse(name: str, exc: NonFiniteWeights) -> str:
+    print(f"[fusion] {name} refused: {exc}")
+    return str(exc)
 
 
 def fuse_and_select(
@@ -109,19 +115,28 @@ def fuse_and_select(
     folders: dict[str, str] = {}
     method_of: dict[str, str] = {}
     candidate_scores: dict[str, float] = {}
+    refused: dict[str, str] = {}
     for method in methods:
         folder = out / method
         if method == "greedy_soup":
             candidate_scores = candidate_scores or {str(c): score_fn(str(c)) for c in candidates}
-            result = greedy_soup(
-                base, candidates, folder, score_fn, candidate_scores=candidate_scores
-            )
+            try:
+                result = greedy_soup(
+                    base, candidates, folder, score_fn, candidate_scores=candidate_scores
+                )
+            except NonFiniteWeights as exc:
+                refused[method] = _refuse(method, exc)
+                continue
             scores[method], folders[method], method_of[method] = result.score, result.folder, method
             continue
         best_here = float("-inf")
         for knobs in method_variants(method, **grid):
             name = variant_name(method, knobs)
-            trial = Path(fuse(base, candidates, out / ".trial", method, **knobs))
+            try:
+                trial = Path(fuse(base, candidates, out / ".trial", method, **knobs))
+            except NonFiniteWeights as exc:
+                refused[name] = _refuse(name, exc)
+                continue
             scores[name], method_of[name] = score_fn(str(trial)), method
             if scores[name] > best_here:
                 best_here = scores[name]
@@ -129,12 +144,15 @@ def fuse_and_select(
                 folders[method] = str(folder)
             else:
                 shutil.rmtree(trial)
+    if not scores:
+        raise NonFiniteWeights(f"every fusion variant has NaN/inf weights: {refused}")
     best = max(scores, key=lambda name: scores[name])  # first of equals, in method order
     summary = {
         "best": best,
         "scores": scores,
         "folders": folders,
         "candidate_scores": candidate_scores,
+        "refused": refused,
     }
     (out / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
     return best, scores, folders[method_of[best]]

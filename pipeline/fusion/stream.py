@@ -8,7 +8,8 @@ A checkpoint is a folder with ``model.safetensors`` (or ``model.safetensors.inde
 shards). The output folder is a copy of the base folder's other files (config, tokenizer, modules.json,
 1_Pooling/, ...) plus one fused ``model.safetensors``; it is built beside ``out_dir`` and renamed into
 place, so it is complete or absent. Float tensors are fused in float32 (float64 stays float64) and
-written in the base's dtype; other tensors (e.g. position-id buffers) are copied from the base.
+written in the base's dtype; other tensors (e.g. position-id buffers) are copied from the base. A fused
+tensor with NaN/inf stops the write (``NonFiniteWeights``): such a model is never written.
 """
 
 from __future__ import annotations
@@ -77,6 +78,24 @@ class Checkpoint:
     def get(self, name: str) -> torch.Tensor:
         with safe_open(self._specs[name][0], framework="pt") as handle:
             return handle.get_tensor(name)
+
+
+class NonFiniteWeights(ValueError):
+    """A model's weights hold NaN or inf; the message names the folder or method and the tensor."""
+
+
+def _require_finite(tensor: torch.Tensor, name: str, where: str) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteWeights(f"{where}: tensor {name!r} has {bad} NaN/inf values")
+
+
+def check_finite(folder: str | os.PathLike) -> None:
+    """Raise ``NonFiniteWeights`` naming the first tensor of ``folder`` with NaN/inf (streamed, one
+    tensor in memory at a time)."""
+    ckpt = Checkpoint(folder)
+    for name in ckpt.names:
+        _require_finite(ckpt.get(name), name, str(ckpt.folder))
 
 
 def _check_compatible(base: Checkpoint, candidates: list[Checkpoint]) -> None:
@@ -205,6 +224,7 @@ def fuse(
                 work = tensor.to(_compute_dtype(tensor))
                 deltas = [cand.get(name).to(work.dtype) - work for cand in cands]
                 tensor = spec.fn(work, deltas, **knobs).to(tensor.dtype)
+                _require_finite(tensor, name, f"fusion {method} {knobs}")
             yield name, tensor
 
     out.parent.mkdir(parents=True, exist_ok=True)
