@@ -43,18 +43,23 @@ def save_training_state(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    save_pretrained_st(encoder, staging)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        },
-        staging / OPTIMIZER,
-    )
-    (staging / META).write_text(json.dumps(asdict(position), indent=2, sort_keys=True))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    try:
+        save_pretrained_st(encoder, staging)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            staging / OPTIMIZER,
+        )
+        (staging / META).write_text(json.dumps(asdict(position), indent=2, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():  # the old one moves aside first, so a crash here leaves it recoverable
+        old = out_dir.with_name(f"{staging.name}.old")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, out_dir)
     return out_dir
 
 
