@@ -136,6 +136,9 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
+    # padded tokens of one worker's IR micro-batch (queries + passages); a batch over it gets shorter
+    # passages, with a warning, instead of running out of memory. None = no cap
+    max_tokens_per_batch: int | None = Field(None, gt=0)
     ir_global_batch: int = Field(16, gt=0)  # queries per IR step, all workers together
     sts_global_batch: int = Field(32, gt=0)  # pairs per STS step, all workers together
     num_workers: int = Field(2, gt=0)

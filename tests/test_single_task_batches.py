@@ -20,6 +20,7 @@ from pipeline.data.batches import (
     SingleTaskBatches,
     collate_ir,
     collate_sts,
+    padded_tokens,
     per_worker_batches,
 )
 from pipeline.data.prepare import prepare_sources, prepared_shards
@@ -321,3 +322,22 @@ def test_restart_from_step_k_continues_identically(walk):
         k = resumed[0]["step"]
         assert k > len([s for s in uninterrupted if s["epoch"] == 0])  # mid-epoch, batches skipped
         assert resumed == [s for s in uninterrupted if s["step"] >= k]
+
+
+def test_iterator_caps_ir_micro_batches_at_max_tokens():
+    ir = [
+        {"id": f"q{i}", "query": "query", "positives": ["word " * 60], "negatives": ["text " * 40]}
+        | {"positive_ids": [], "source": "fake"}
+        for i in range(4)
+    ]
+    shards = {"ir": _TableShard(_tokenized("ir", ir))}  # passages cut at 16 tokens by the tokenizer
+    schedule = TaskSchedule({"ir": 2}, seed=SEED)
+    full = list(SingleTaskBatches(shards, schedule, {"ir": 2}, pad_id=0))
+    query_tokens = full[0][2]["query"]["input_ids"].numel()
+    budget = query_tokens + 4 * 12  # 2 queries x (1 positive + 1 negative) of 12 tokens
+    with pytest.warns(UserWarning, match="step 0: IR micro-batch"):
+        steps = list(SingleTaskBatches(shards, schedule, {"ir": 2}, 0, max_tokens=budget))
+    assert [step for step, _, _ in steps] == [step for step, _, _ in full]
+    for (_, _, capped), (_, _, whole) in zip(steps, full, strict=True):
+        assert padded_tokens(whole) > budget >= padded_tokens(capped)
+        assert capped["passage_tokens_cap"] == 12 and capped["ids"] == whole["ids"]

@@ -17,6 +17,7 @@ consumed and continues exactly as the uninterrupted run did.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -109,6 +110,56 @@ def collate_sts(table: pa.Table, pad_id: int) -> Batch:
 
 
 COLLATE = {"ir": collate_ir, "sts": collate_sts}
+MIN_PASSAGE_TOKENS = 8  # below this a budget would train on stumps: refuse it instead
+
+
+def _cut(seqs: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    """``seqs`` [..., L] cut to ``length`` tokens; a cut sequence keeps its own last token (the
+    tokenizer's SEP/EOS) in its last kept position."""
+    ids, mask = seqs["input_ids"], seqs["attention_mask"]
+    if ids.shape[-1] <= length:
+        return seqs
+    lengths = mask.sum(-1, keepdim=True)
+    last = ids.gather(-1, (lengths - 1).clamp(min=0))
+    cut_ids = ids[..., :length].clone()
+    was_cut = lengths > length
+    cut_ids[..., -1:] = torch.where(was_cut, last, cut_ids[..., -1:])
+    return {**seqs, "input_ids": cut_ids, "attention_mask": mask[..., :length].contiguous()}
+
+
+def padded_tokens(batch: Batch) -> int:
+    """Tokens (padding included) an IR micro-batch puts through the encoder."""
+    return sum(batch[key]["input_ids"].numel() for key in ("query", "positives", "negatives"))
+
+
+def cap_ir_tokens(batch: Batch, max_tokens: int, where: str = "") -> Batch:
+    """Shorten an IR micro-batch's passages (positives and negatives alike) so its padded tokens fit
+    ``max_tokens``, with a warning; the batch is unchanged when it fits. The queries are kept whole.
+    Raises ``ValueError`` if the queries alone leave passages fewer than ``MIN_PASSAGE_TOKENS``."""
+    total = padded_tokens(batch)
+    if total <= max_tokens:
+        return batch
+    queries = batch["query"]["input_ids"].numel()
+    slots = batch["positives"]["input_ids"].shape[:2].numel()
+    slots += batch["negatives"]["input_ids"].shape[:2].numel()
+    length = (max_tokens - queries) // max(slots, 1)
+    if length < MIN_PASSAGE_TOKENS:
+        raise ValueError(
+            f"{where}IR micro-batch of {slots} passages does not fit train.max_tokens_per_batch="
+            f"{max_tokens} with at least {MIN_PASSAGE_TOKENS} tokens each: raise the budget or "
+            "lower ir_global_batch / mining.num_negatives"
+        )
+    warnings.warn(
+        f"{where}IR micro-batch has {total} padded tokens > train.max_tokens_per_batch="
+        f"{max_tokens}: its passages are truncated to {length} tokens",
+        stacklevel=2,
+    )
+    return {
+        **batch,
+        "positives": _cut(batch["positives"], length),
+        "negatives": _cut(batch["negatives"], length),
+        "passage_tokens_cap": length,
+    }
 
 
 def shuffle_seed(seed: int, epoch: int, task: str) -> int:
@@ -119,7 +170,8 @@ def shuffle_seed(seed: int, epoch: int, task: str) -> int:
 class SingleTaskBatches:
     """Iterate one epoch as ``(global_step, task, batch)``; ``task == "mixed"`` steps (schedule mode
     ``mixed``) give ``batch = {"ir": ..., "sts": ...}``. Steps before ``start_step`` are skipped
-    (an epoch that ends before it yields nothing and reads no data)."""
+    (an epoch that ends before it yields nothing and reads no data). With ``max_tokens``, IR
+    micro-batches over that many padded tokens get shorter passages (:func:`cap_ir_tokens`)."""
 
     def __init__(
         self,
@@ -129,6 +181,7 @@ class SingleTaskBatches:
         pad_id: int,
         start_step: int = 0,
         shuffle_buffer: int = 10_000,
+        max_tokens: int | None = None,
     ) -> None:
         missing = [t for t in schedule.num_batches if t not in shards or t not in per_worker_batch]
         if missing:
@@ -139,6 +192,7 @@ class SingleTaskBatches:
         self.pad_id = pad_id
         self.start_step = start_step
         self.shuffle_buffer = shuffle_buffer
+        self.max_tokens = max_tokens
 
     def __len__(self) -> int:
         done = min(max(self.start_step - self.schedule.first_step, 0), len(self.schedule))
@@ -154,6 +208,8 @@ class SingleTaskBatches:
                     if task not in streams:
                         streams[task] = self._open(task, skip[task])
                 batch = {t: COLLATE[t](self._next(streams[t], t, step), self.pad_id) for t in tasks}
+                if self.max_tokens and "ir" in batch:
+                    batch["ir"] = cap_ir_tokens(batch["ir"], self.max_tokens, f"step {step}: ")
                 yield step, label, batch if label == MIXED else batch[label]
         finally:
             for stream in streams.values():

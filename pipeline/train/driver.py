@@ -82,6 +82,7 @@ def train_settings(
         warmup_ratio=t.warmup_ratio,
         weight_decay=t.weight_decay,
         grad_clip=t.grad_clip,
+        max_tokens_per_batch=t.max_tokens_per_batch,
         seed=cfg.run.seed,
         pooling=m.pooling,
         normalize=m.normalize,

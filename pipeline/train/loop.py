@@ -9,6 +9,8 @@ task schedule epoch by epoch, one single-task step at a time, reporting every st
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -49,6 +51,9 @@ class TrainSettings:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    max_tokens_per_batch: int | None = (
+        None  # per worker IR micro-batch, padded; over it: cut passages
+    )
     seed: int = 49
     pooling: str = "mean"
     normalize: bool = True
@@ -95,6 +100,12 @@ def _dev_metrics(encoder: Encoder, s: TrainSettings, world_size: int) -> dict[st
         )
     finally:
         torch.set_num_threads(threads)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _maybe_fail(s: TrainSettings, step: int) -> None:
@@ -148,7 +159,12 @@ def train_loop_per_worker(config: dict) -> None:
     step = position.step
     for epoch in range(s.epochs):
         batches = SingleTaskBatches(
-            shards, s.schedule.for_epoch(epoch), per_worker, pad_id, start_step=step
+            shards,
+            s.schedule.for_epoch(epoch),
+            per_worker,
+            pad_id,
+            start_step=step,
+            max_tokens=s.max_tokens_per_batch,
         )
         for global_step, task, batch in batches:
             if global_step >= total:
@@ -167,7 +183,10 @@ def train_loop_per_worker(config: dict) -> None:
                 bf16=s.bf16,
             )
             step = global_step + 1
-            metrics.update(step=step, epoch=epoch, task=task)
+            metrics.update(step=step, epoch=epoch, task=task, peak_rss_mb=peak_rss_mb())
+            ir_batch = batch.get("ir", batch) if task != "sts" else {}
+            if "passage_tokens_cap" in ir_batch:
+                metrics["passage_tokens_cap"] = ir_batch["passage_tokens_cap"]
             evaluate = step == total or (s.eval_every and step % s.eval_every == 0)
             if not evaluate:
                 ray.train.report(metrics)

@@ -1,5 +1,5 @@
 """A Ray Train callback (runs in the controller) that keeps every reported step in ``metrics.jsonl``:
-rank 0's metrics plus the loss averaged over workers. Ray Train V2 keeps only checkpoint metrics."""
+rank 0's metrics plus the loss averaged over workers and every worker's peak RSS. Ray Train V2 keeps only checkpoint metrics."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ class MetricsLog(ray.train.UserCallback):
         losses = [m["loss"] for m in metrics if "loss" in m]
         if losses:
             row["loss_mean_workers"] = sum(losses) / len(losses)
+        rss = [m["peak_rss_mb"] for m in metrics if "peak_rss_mb" in m]
+        if rss:
+            row["peak_rss_mb_workers"] = rss
         if checkpoint is not None:
             row["checkpoint"] = checkpoint.path
         step = row.get("step")
