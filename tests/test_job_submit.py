@@ -1,4 +1,5 @@
-"""The main job as users run it: `ray job submit` to a local `ray start --head`, smoke preset.
+"""The main job as users run it: `ray job submit` to a local `ray start --head`, smoke preset; and
+(slow) a job stopped in the middle of training and submitted again with the same run name.
 
 The head runs from this venv (the job's `python` is the head's); it is started with `--block` in its
 own process group and that group is killed at the end (never `ray stop`, which would stop every Ray
@@ -6,7 +7,9 @@ instance on the machine)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from smoke_outputs import assert_smoke_run_outputs
 
 BIN = Path(sys.executable).parent
@@ -93,32 +97,78 @@ def ray_head(tmp_path_factory):
         head.wait(timeout=60)
 
 
-def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
-    address, env = ray_head
-    root = tmp_path / "runs"
-    submit = subprocess.run(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            str(REPO),
-            "--",
-            "python",
-            "-m",
-            "jobs.pipeline",
-            "--config",
-            "configs/smoke.yaml",
-            f"run.root={root}",
-            f"data.root={DATA}",
-        ],
+def _ray_job(address: str, env: dict, *args: str, timeout: float = 1200):
+    return subprocess.run(
+        [str(BIN / "ray"), "job", *args[:1], "--address", address, *args[1:]],
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
     )
+
+
+def _pipeline_job(root: Path, *overrides: str) -> list[str]:
+    """``ray job submit`` arguments after the address: the smoke pipeline under ``root``."""
+    return [
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        "jobs.pipeline",
+        "--config",
+        "configs/smoke.yaml",
+        f"run.root={root}",
+        f"data.root={DATA}",
+        *overrides,
+    ]
+
+
+def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
+    address, env = ray_head
+    root = tmp_path / "runs"
+    submit = _ray_job(address, env, "submit", *_pipeline_job(root))
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
     assert_smoke_run_outputs(root / "smoke")
+
+
+@pytest.mark.slow  # about 5 min here: two submissions of the smoke pipeline
+def test_restart_of_a_stopped_job_resumes_training_and_skips_finished_stages(ray_head, tmp_path):
+    address, env = ray_head
+    root = tmp_path / "runs"
+    run_dir = root / "restart"
+    args = _pipeline_job(root, "run.name=restart", "train.eval_every=4")
+    first = _ray_job(address, env, "submit", "--no-wait", "--submission-id", "restart-1", *args)
+    assert first.returncode == 0, first.stderr
+    checkpoint = run_dir / "ray" / "restart-joint" / "step_000004"
+    deadline = time.time() + 900
+    while not (checkpoint / "train_state.json").is_file():
+        assert time.time() < deadline, "no checkpoint at step 4 within 15 min"
+        time.sleep(2)
+    stop = _ray_job(address, env, "stop", "restart-1", timeout=300)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = _ray_job(address, env, "status", "restart-1").stdout
+    assert "STOPPED" in status, status
+    assert not (run_dir / "train" / "joint" / "done.json").exists()  # it died in training
+    stamps = {s: (run_dir / s).stat().st_mtime for s in ("prepared/manifest.json", "mined")}
+
+    second = _ray_job(address, env, "submit", "--submission-id", "restart-2", *args)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0 and "succeeded" in second.stdout, log[-3000:]
+    assert "[mine] inputs unchanged" in log
+    assert {s: (run_dir / s).stat().st_mtime for s in stamps} == stamps  # not redone
+    started = [int(n) for n in re.findall(r"start at step (\d+)", log)]
+    assert started and started[0] >= 4, log[-3000:]  # resumed from the checkpoint, not step 0
+    metrics = [json.loads(line) for line in (run_dir / "train/joint/metrics.jsonl").open()]
+    steps = [row["step"] for row in metrics]
+    assert steps == list(range(1, len(steps) + 1)) and steps[-1] == metrics[-1]["total_steps"]
+    assert_smoke_run_outputs(run_dir)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("codiemb")
+    parents = [
+        run
+        for run in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    assert [(r.info.run_name, r.info.status) for r in parents] == [("restart", "FINISHED")]
