@@ -32,13 +32,13 @@ from pipeline.report.training import plot_dev_curves, training_notes
 from pipeline.stage_cache import StageClock
 from pipeline.tracking import (
     TrackingUnavailable,
-    check_tracking,
     log_artifact,
     log_dict,
     pipeline_run,
     register_model,
     resolve_tracking_uri,
     stage_run,
+    tracking_or_offline,
 )
 from pipeline.tracking.metrics import log_training_metrics
 
@@ -46,7 +46,8 @@ from pipeline.tracking.metrics import log_training_metrics
 def main(cfg: Config) -> dict:
     run_dir = cfg.run.dir
     uri = resolve_tracking_uri(cfg.tracking.uri, run_dir)
-    check_tracking(uri)  # fail fast, before any training
+    # fail fast, before any training; with tracking.required=false track offline instead
+    uri = tracking_or_offline(uri, cfg)
     ray.init(ignore_reinit_error=True)
     clock = StageClock()
     with pipeline_run(uri, cfg.tracking.experiment, cfg.run.name, cfg.model_dump(mode="json")):

@@ -12,6 +12,7 @@ from pipeline.tracking.mlflow_run import (
     stage_run,
     use_tracking,
 )
+from pipeline.tracking.offline import tracking_or_offline
 from pipeline.tracking.registry import (
     CHAMPION,
     RegistrationFailed,
@@ -32,5 +33,6 @@ __all__ = [
     "register_model",
     "resolve_tracking_uri",
     "stage_run",
+    "tracking_or_offline",
     "use_tracking",
 ]

@@ -51,22 +51,28 @@ def resolve_tracking_uri(uri: str, run_dir: str) -> str:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    local = run_dir.removeprefix("file://")
+    return embedded_uri(run_dir)
+
+
+def embedded_uri(folder: str) -> str:
+    """``sqlite:///<abs folder>/mlflow.db``; ``ValueError`` unless ``folder`` is on a local disk."""
+    local = folder.removeprefix("file://")
     if "://" in local:
         raise ValueError(
-            f"run dir {run_dir} is not on a local disk, so it cannot hold the embedded SQLite store: "
+            f"run dir {folder} is not on a local disk, so it cannot hold the embedded SQLite store: "
             "set tracking.uri (or MLFLOW_TRACKING_URI) to a tracking server"
         )
     return f"{SQLITE_PREFIX}{(Path(local).resolve() / 'mlflow.db').as_posix()}"
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else ``None``."""
     return Path(uri[len(SQLITE_PREFIX) :]).resolve() if uri.startswith(SQLITE_PREFIX) else None
 
 
 def artifact_location(uri: str) -> str | None:
     """``mlartifacts/`` beside a SQLite store; ``None`` (the server's default root) otherwise."""
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     return (db.parent / "mlartifacts").as_uri() if db else None
 
 
@@ -87,7 +93,7 @@ def _environ(**values: str) -> Iterator[None]:
 def check_tracking(uri: str, timeout_s: float = 5) -> None:
     """Raise ``TrackingUnavailable`` unless the store at ``uri`` answers one request within
     ``timeout_s`` (no retries). Creates the folder of a SQLite store."""
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     try:
         if db:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +106,8 @@ def check_tracking(uri: str, timeout_s: float = 5) -> None:
         raise TrackingUnavailable(
             f"MLflow tracking at {redact(uri)} is unavailable ({type(exc).__name__}: "
             f"{str(exc)[:300]}). Start the server or fix tracking.uri / MLFLOW_TRACKING_URI; "
-            "tracking.required=false runs without it."
+            "with tracking.required=false, jobs.pipeline trains anyway and keeps a local record "
+            "to upload later."
         ) from exc
 
 

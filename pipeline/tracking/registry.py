@@ -39,6 +39,17 @@ REQUIREMENTS = (
     "pandas",
 )
 TAG_OBJECTIVE = "dev_objective"
+# The version tags apply_champion_rule writes (the comparison with the champion of its registry).
+DECISION_TAGS = frozenset(
+    {
+        TAG_OBJECTIVE,
+        "champion_decision",
+        "champion_reason",
+        "model_dir",
+        "previous_champion_version",
+        "previous_champion_dev_objective",
+    }
+)
 
 
 class RegistrationFailed(RuntimeError):
@@ -140,7 +151,16 @@ def _register(
             registered_model_name=name,
         )
         mlflow.log_metric(TAG_OBJECTIVE, dev_objective)
-    new_version = str(info.registered_model_version)
+    return apply_champion_rule(
+        client, name, str(info.registered_model_version), dev_objective, model_dir
+    )
+
+
+def apply_champion_rule(
+    client: MlflowClient, name: str, new_version: str, dev_objective: float, model_dir: str
+) -> RegistrationResult:
+    """Compare the registered ``new_version`` with ``name``'s champion, record the comparison as
+    its tags (``DECISION_TAGS``) and move ``@champion`` to it if it is better."""
     champion = _champion(client, name)
     promote, tags, reason = _decide(dev_objective, champion)
     tags.update(
