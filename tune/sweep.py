@@ -24,11 +24,11 @@ from pipeline.data.prepare import prepare_sources
 from pipeline.end_to_end import base_folder, dev_evaluator, fuse_checkpoints
 from pipeline.tracking import (
     TrackingUnavailable,
-    check_tracking,
     log_artifact,
     log_metrics,
     pipeline_run,
     resolve_tracking_uri,
+    tracking_or_offline,
 )
 from tune.report import write_sweep_report
 from tune.runner import best_trials, build_tuner, sweep_dir, trial_rows
@@ -62,7 +62,7 @@ def main(cfg: Config) -> dict:
     if cfg.tune.asha and cfg.train.eval_every == 0:
         raise ConfigError("tune.asha=true compares trials at eval steps: set train.eval_every > 0")
     uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run.dir)
-    check_tracking(uri)
+    uri = tracking_or_offline(uri, cfg)  # fail fast, or track offline (tracking.required)
     cfg = with_absolute_paths(cfg)  # trials run in their own working directories
     ray.init(ignore_reinit_error=True)
     prepare_sources(

@@ -106,7 +106,7 @@ def check_tracking(uri: str, timeout_s: float = 5) -> None:
         raise TrackingUnavailable(
             f"MLflow tracking at {redact(uri)} is unavailable ({type(exc).__name__}: "
             f"{str(exc)[:300]}). Start the server or fix tracking.uri / MLFLOW_TRACKING_URI; "
-            "with tracking.required=false, jobs.pipeline trains anyway and keeps a local record "
+            "with tracking.required=false, jobs.pipeline and tune.sweep run anyway and keeps a local record "
             "to upload later."
         ) from exc
 
