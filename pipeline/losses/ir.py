@@ -105,9 +105,11 @@ def multi_positive_info_nce(
     query, positives, negatives = query.to(dtype), positives.to(dtype), negatives.to(dtype)
 
     rank, world_size = world_info() if gather else (0, 1)
-    # One gather for all passages and one for their masks.
-    passages = gather_with_grad(torch.cat([positives, negatives], dim=1))  # [Bg, P+N, D]
-    masks = gather_with_grad(torch.cat([positive_mask, negative_mask], dim=1))  # [Bg, P+N]
+    # One gather for all passages and one for their masks (none with gather=False).
+    passages = torch.cat([positives, negatives], dim=1)  # [B, P+N, D]
+    masks = torch.cat([positive_mask, negative_mask], dim=1)  # [B, P+N]
+    if world_size > 1:
+        passages, masks = gather_with_grad(passages), gather_with_grad(masks)  # [Bg, P+N(, D)]
     pos_g, neg_g = passages.split([n_pos, n_neg], dim=1)  # [Bg, P, D], [Bg, N, D]
     pos_mask_g, neg_mask_g = masks.split([n_pos, n_neg], dim=1)  # [Bg, P], [Bg, N]
 
