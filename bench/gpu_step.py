@@ -192,10 +192,11 @@ def machine(device: torch.device) -> dict[str, object]:
     }
 
 
-def finish(report: dict, table: str, out: str) -> dict:
-    """Print ``table`` and the headline ratio, write ``report`` as JSON to ``out``; return it."""
+def finish(report: dict, table: str, out: str, label: str = f"{OURS} / {THEIRS}") -> dict:
+    """Print ``table`` and the headline ratio (``label`` says of what), write ``report`` as JSON to
+    ``out``; return it."""
     print(table)
-    print(f"\nratio ours / sentence-transformers: {report['ratio']:.3f}")
+    print(f"\nratio {label}: {report['ratio']:.3f}")
     storage.write_json(out, report)
     print(f"wrote {out}")
     return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,103 @@ def test_gpu_step_falls_back_to_cpu(tmp_path):
     assert set(report["ratios"]) == {"minilm-l6 ir", "minilm-l6 sts"}
     for row in report["results"].values():
         assert row["real tokens/s"] > 0 and row["MFU %"] > 0 and 0 <= row["padding %"] < 100
+
+
+# ---- ingest, scaling, fusion: the pure pieces (no Ray) ---------------------------------------------
+
+
+def test_timed_reports_the_wait_for_each_item():
+    from pipeline.data.batches import timed
+
+    def slow():
+        yield "a"
+        time.sleep(0.05)
+        yield "b"
+
+    (wait_a, a), (wait_b, b) = timed(slow())
+    assert (a, b) == ("a", "b")
+    assert wait_a < 0.05 <= wait_b
+
+
+def test_wait_fractions_and_consumption_from_a_hand_made_log():
+    from bench.ingest import wait_fractions
+    from bench.ray_runs import task_medians
+
+    rows = [
+        {"task": "ir", "step_seconds": 9.0, "data_wait_s": 1.0, "pairs_per_s": 1.0},  # 1/10
+        {"task": "sts", "step_seconds": 1.0, "data_wait_s": 0.0, "pairs_per_s": 16.0},  # 0
+        {"task": "sts", "step_seconds": 3.0, "data_wait_s": 1.0, "pairs_per_s": 4.0},  # 1/4
+        {"task": "sts", "step_seconds": 2.0, "data_wait_s": 0.0, "pairs_per_s": 8.0},  # 0
+        {"task": "ir", "step_seconds": 5.0, "pairs_per_s": 3.0},  # older log: no data_wait_s
+        {"step": 7, "dev_mean": 0.5},  # not a step of one task
+    ]
+    waits = wait_fractions(rows)
+    assert waits["ir"] == {"steps": 1, "median": pytest.approx(0.1), "total": pytest.approx(0.1)}
+    assert waits["sts"] == {"steps": 3, "median": 0.0, "total": pytest.approx(1 / 7)}
+    # all four: fractions 0.1, 0, 0.25, 0 -> median 0.05; waits 2 s of 17 s
+    assert waits["all"] == {
+        "steps": 4,
+        "median": pytest.approx(0.05),
+        "total": pytest.approx(2 / 17),
+    }
+    assert task_medians(rows, "pairs_per_s") == {"ir": 2.0, "sts": 8.0}
+    assert wait_fractions([{"task": "ir", "step_seconds": 1.0}]) == {}
+
+
+def test_gather_traffic_matches_a_hand_count():
+    from bench import scaling
+
+    # 3 workers, each 2 queries x 4 passages x dim 8 in float32: one chunk = 2*4*8*4 = 256 bytes.
+    # Forward ring all-gather: each worker passes on 2 chunks (512 B); backward reduce-scatter of
+    # the gathered gradient: 2 more (512 B). 1024 bytes sent (and as many received) per step.
+    assert scaling.gather_traffic(3, queries=2, passages=4, dim=8, nbytes=4) == 1024
+    assert scaling.gather_traffic(1, queries=2, passages=4, dim=8, nbytes=4) == 0
+    # BERT-base, 8 workers, 16 queries x 8 passages, fp32: 2 * 7 * 16 * 8 * 768 * 4
+    assert scaling.gather_traffic(8, 16, 8, 768, 4) == 5_505_024
+    assert scaling.link_seconds(1.25e9, 10) == pytest.approx(1.0)  # 10 Gb/s = 1.25 GB/s
+    report = scaling.estimate()
+    json.dumps(report, sort_keys=True)  # as the report is written
+    rows = report["rows"]
+    assert rows["64 workers bf16"]["MB sent"] == pytest.approx(2 * 63 * 16 * 8 * 768 * 2 / 1e6)
+    assert rows["8 workers fp32"]["ms @100Gb/s"] == pytest.approx(5_505_024 * 8 / 1e8)
+    # DDP's ring all-reduce: 2 (W-1)/W of the gradients; 4 workers x 1000 fp32 values -> 6000 B
+    assert scaling.allreduce_traffic(1000, 4, 4) == 6000
+    assert report["params"] == 108_891_648  # bert-base-uncased without its pooler
+
+
+def test_fusion_ratio_on_fake_rows():
+    from bench import fusion
+
+    runs = [
+        {
+            "rss_before_mib": 300.0,
+            "peak_mib": p,
+            "fusion_mib": p - 300,
+            "seconds": s,
+            "peak_reset": True,
+        }
+        for p, s in ((310.0, 1.0), (330.0, 3.0), (320.0, 2.0))
+    ]
+    row = fusion.median_row(runs)
+    assert (row["peak_mib"], row["fusion_mib"], row["seconds"]) == (320.0, 20.0, 2.0)
+    rows = [
+        {"method": "delta", "k": 8, "peak_mib": 330.0, "fusion_mib": 30.0},
+        {"method": "delta", "k": 2, "peak_mib": 300.0, "fusion_mib": 10.0},
+        {"method": "delta", "k": 4, "peak_mib": 310.0, "fusion_mib": 20.0},
+        {"method": "soup", "k": 8, "peak_mib": 900.0, "fusion_mib": 600.0},
+    ]
+    assert fusion.peak_ratio(rows) == pytest.approx(1.1)
+    assert fusion.peak_ratio(rows, key="fusion_mib") == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="ties"):
+        fusion.peak_ratio(rows, method="ties")
+
+
+def test_new_bench_scripts_import_without_ray():
+    code = (
+        "import sys; import bench.ingest, bench.scaling, bench.fusion; "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -17,8 +17,9 @@ consumed and continues exactly as the uninterrupted run did.
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -165,6 +166,19 @@ def cap_ir_tokens(batch: Batch, max_tokens: int, where: str = "") -> Batch:
 def shuffle_seed(seed: int, epoch: int, task: str) -> int:
     """Seed of a task's local shuffle in one epoch (same on every worker, distinct per epoch)."""
     return int(np.random.SeedSequence([seed, epoch, TASK_ORDER.index(task)]).generate_state(1)[0])
+
+
+def timed(items: Iterable) -> Iterator[tuple[float, Any]]:
+    """``(seconds the next item took to arrive, item)`` for each item: the training loop's
+    ``data_wait_s`` (reading, collating and padding a batch happen inside ``next``)."""
+    iterator = iter(items)
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield time.perf_counter() - started, item
 
 
 class SingleTaskBatches:

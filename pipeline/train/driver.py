@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
@@ -103,6 +104,23 @@ def train_settings(
     )
 
 
+def task_datasets(
+    cfg: Config, shards: dict[str, list[str]], model_path: str
+) -> dict[str, ray.data.Dataset]:
+    """The tokenised Ray Dataset of every task in ``shards``, as the trainer gets them."""
+    m = cfg.model
+    return build_task_datasets(
+        shards,
+        tokenizer_path=model_path,
+        max_length_query=m.max_length_query,
+        max_length_passage=m.max_length_passage,
+        max_length_sts=m.max_length_sts,
+        instruction_ir=m.instruction_ir,
+        instruction_sts=m.instruction_sts,
+        seed=cfg.run.seed,
+    )
+
+
 def build_trainer(
     cfg: Config,
     mode: str,
@@ -128,16 +146,7 @@ def build_trainer(
             f"{c.global_batch}, {c.dropped} left over per epoch"
         )
     settings = train_settings(cfg, mode, model_path, {t: c.batches for t, c in counts.items()})
-    datasets = build_task_datasets(
-        shards,
-        tokenizer_path=model_path,
-        max_length_query=cfg.model.max_length_query,
-        max_length_passage=cfg.model.max_length_passage,
-        max_length_sts=cfg.model.max_length_sts,
-        instruction_ir=cfg.model.instruction_ir,
-        instruction_sts=cfg.model.instruction_sts,
-        seed=cfg.run.seed,
-    )
+    datasets = task_datasets(cfg, shards, model_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings},

@@ -19,7 +19,7 @@ import ray.train.torch
 import torch
 
 from pipeline import storage
-from pipeline.data.batches import SingleTaskBatches, per_worker_batches
+from pipeline.data.batches import SingleTaskBatches, per_worker_batches, timed
 from pipeline.data.schedule import TaskSchedule
 from pipeline.model.encoder import Encoder
 from pipeline.train.dev import DevData, evaluate_dev
@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
             start_step=step,
             max_tokens=s.max_tokens_per_batch,
         )
-        for global_step, task, batch in batches:
+        for data_wait_s, (global_step, task, batch) in timed(batches):
             if global_step >= total:
                 break
             _maybe_fail(s, global_step)
@@ -184,6 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
             )
             step = global_step + 1
             metrics.update(step=step, epoch=epoch, task=task, peak_rss_mb=peak_rss_mb())
+            metrics["data_wait_s"] = data_wait_s  # getting the batch, before train_step
             ir_batch = batch.get("ir", batch) if task != "sts" else {}
             if "passage_tokens_cap" in ir_batch:
                 metrics["passage_tokens_cap"] = ir_batch["passage_tokens_cap"]
