@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser = corpus_arguments(__doc__.splitlines()[0], 5, "timed passes per system")
     parser.add_argument("--quick", action="store_true", help="32 documents (< 1 minute)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", required=True, help="JSON file (local path or URI)")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit = 32
