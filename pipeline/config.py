@@ -146,6 +146,9 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     bf16: bool = False
     eval_every: int = Field(0, ge=0)  # 0 = only at the end
+    # a checkpoint (without dev metrics) every N steps besides the evaluations: a crash loses at
+    # most N - 1 steps; 0 = checkpoints only at evaluations
+    checkpoint_every: int = Field(0, ge=0)
     keep_top_k: int = Field(2, gt=0)
     checkpoint_metric: str = "dev_objective"  # dev_objective | dev_mean | dev_sts_spearman | ...
     # the dev objective: weights of the dev metrics (renormalised over those a run has); it ranks

@@ -45,7 +45,10 @@ def _metrics(path: str) -> list[dict]:
 
 
 def test_worker_fault_resumes_from_checkpoint_like_an_uninterrupted_run(smoke_root):
-    steps = ["train.max_steps=8", "train.eval_every=4", "train.keep_top_k=3"]
+    # scored checkpoints at 4 and 8, unscored ones (checkpoint_every) at 3 and 6: the fault at the
+    # start of step 7 resumes from the unscored step-6 checkpoint
+    steps = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=3"]
+    steps += ["train.keep_top_k=3"]
     clean = train_mode(_config(smoke_root, "clean", *steps), "joint")
     faulty = train_mode(
         _config(smoke_root, "faulty", *steps, "debug.fail_at_step=6", "train.max_failures=1"),
@@ -56,6 +59,9 @@ def test_worker_fault_resumes_from_checkpoint_like_an_uninterrupted_run(smoke_ro
 
     clean_log, faulty_log = _metrics(clean.metrics_path), _metrics(faulty.metrics_path)
     assert [r["step"] for r in faulty_log] == list(range(1, 9))
+    checkpointed = {r["step"]: "dev_objective" in r for r in clean_log if "checkpoint" in r}
+    assert checkpointed == {3: False, 4: True, 6: False, 8: True}
+    assert all("dev_objective" in m for _, m in faulty.checkpoints)  # only ranked ones are kept
     # the schedule position survived the restart: same task and learning rate at every step
     assert [(r["task"], r["lr"]) for r in faulty_log] == [(r["task"], r["lr"]) for r in clean_log]
     for a, b in zip(clean_log, faulty_log):

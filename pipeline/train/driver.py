@@ -92,6 +92,7 @@ def train_settings(
         loss=LossSettings(**cfg.loss.model_dump()),
         dev=dev_data(cfg),
         eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every,
         objective=t.objective,
         eval_batch_size=cfg.eval.batch_size,
         max_length_query=m.max_length_query,
@@ -209,9 +210,10 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
 def collect(result, out_dir: str, mode: str, metric: str, metrics_path: str) -> TrainOutcome:
     """Copy the model files of the last and the best checkpoints to ``<out_dir>/{final,best}``
     (from wherever Ray Train stored them to wherever ``out_dir`` is)."""
-    kept = [
+    kept = [  # ranked checkpoints only: those of checkpoint_every carry no dev score
         (storage.uri_of(ckpt.filesystem, ckpt.path), dict(metrics))
         for ckpt, metrics in result.best_checkpoints
+        if metric in metrics
     ]
     best_path, _ = max(kept, key=lambda item: item[1].get(metric, float("-inf")))
     last = storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)

@@ -3,7 +3,8 @@
 Reads top to bottom: build the encoder (DDP over gloo/NCCL through ``prepare_model``), the optimizer
 and the linear schedule; restore the latest checkpoint if Ray Train hands one back; then walk the
 task schedule epoch by epoch, one single-task step at a time, reporting every step's metrics and, every
-``eval_every`` steps and at the end, the dev metrics with a checkpoint.
+``eval_every`` steps and at the end, the dev metrics with a checkpoint (and every ``checkpoint_every``
+steps a checkpoint without them, so a crash loses fewer steps).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class TrainSettings:
     loss: LossSettings = field(default_factory=LossSettings)
     dev: DevData | None = None
     eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = (
+        0  # checkpoints between evaluations too (no dev score); 0: at evals only
+    )
     objective: dict[str, float] | None = None  # weights of the dev objective (None: plain mean)
     eval_batch_size: int = 64
     max_length_query: int = 64
@@ -189,13 +193,14 @@ def train_loop_per_worker(config: dict) -> None:
             if "passage_tokens_cap" in ir_batch:
                 metrics["passage_tokens_cap"] = ir_batch["passage_tokens_cap"]
             evaluate = step == total or (s.eval_every and step % s.eval_every == 0)
-            if not evaluate:
+            if evaluate:
+                metrics.update(
+                    total_steps=total, **(_dev_metrics(encoder, s, world) if rank == 0 else {})
+                )
+            if evaluate or (s.checkpoint_every and step % s.checkpoint_every == 0):
+                _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
+            else:
                 ray.train.report(metrics)
-                continue
-            metrics.update(
-                total_steps=total, **(_dev_metrics(encoder, s, world) if rank == 0 else {})
-            )
-            _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
         if step >= total:
             break
 
