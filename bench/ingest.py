@@ -40,13 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_step import finish, machine, rates, time_window  # noqa: E402
-from bench.ray_runs import bench_config, ray_session, read_metrics, task_medians, train_run  # noqa: E402
+from bench.ray_runs import bench_config, ray_session, task_medians, train_run  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data.batches import SingleTaskBatches  # noqa: E402
 from pipeline.data.schedule import TRAIN_MODE_TASKS, TaskSchedule  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.model.loading import resolve_model_path  # noqa: E402
+from pipeline.report.training import read_metrics  # noqa: E402
 
 WAIT_TARGET = 0.05
 

@@ -6,7 +6,6 @@ run directory that already holds the prepare and mine outputs), one Ray Train ru
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -17,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import storage  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.report.training import read_metrics  # noqa: E402
 
 for _name, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -65,12 +65,6 @@ def bench_config(config: str, overrides: Sequence[str], smoke_root: str | None) 
     prepare.main(cfg)
     mine.main(cfg)
     return cfg
-
-
-def read_metrics(path: str) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` (local path or URI)."""
-    text = storage.read_bytes(path).decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def train_run(
