@@ -30,8 +30,9 @@ are 2 L^2 h each forward, x3 with backward). Embeddings, layer norms, softmax an
 counted. MFU = FLOPs / step time / the device's matrix-product rate, measured here with a large
 ``torch.matmul`` in the step's compute dtype (bf16 on CUDA, float32 on CPU).
 
-Not implemented: a padding-free path (varlen attention or length-bucketed micro-batches), compiled
-kernels, CUDA graphs; every row is dynamic padding. This module also holds the interleaved-timing
+Padding: ours runs each encoder pass as length-sorted buckets of ``--bucket-rows`` rows, each trimmed
+to its longest row (``pipeline.model.buckets``; 0 = one dynamically padded pass, as
+sentence-transformers does). Not implemented: varlen attention, compiled kernels, CUDA graphs. This module also holds the interleaved-timing
 and reporting helpers that ``bench/train_throughput.py`` and ``bench/encode_throughput.py`` share
 (it has the lightest import chain of the three).
 """
@@ -283,6 +284,7 @@ class Systems:
     settings: LossSettings = dataclasses.field(default_factory=LossSettings)
     grad_clip: float = 1.0
     bf16: bool = False
+    bucket_rows: int = 16  # ours: rows per length bucket of an encoder pass (0: one padded pass)
 
     @classmethod
     def load(
@@ -297,7 +299,7 @@ class Systems:
         **options,
     ) -> Systems:
         """Load ``folder`` (a sentence-transformers folder) into both; ``options``: the remaining
-        fields (``settings``, ``grad_clip``, ``bf16``)."""
+        fields (``settings``, ``grad_clip``, ``bf16``, ``bucket_rows``)."""
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.losses import (
             CoSENTLoss,
@@ -333,6 +335,7 @@ class Systems:
                 device=self.device,
                 dim=self.ours.dim,
                 bf16=self.bf16,
+                bucket_rows=self.bucket_rows,
             )
         else:
             st_train_step(
@@ -495,7 +498,12 @@ def measure_shape(
     per_window = {"ir": args.ir_steps, "sts": args.sts_steps}
     total = 2 * (args.warmup + args.windows * max(per_window.values()))
     systems = Systems.load(
-        folder, device=device, lr=args.lr, total_steps=total, bf16=device.type == "cuda"
+        folder,
+        device=device,
+        lr=args.lr,
+        total_steps=total,
+        bf16=device.type == "cuda",
+        bucket_rows=args.bucket_rows,
     )
     sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
     rng = np.random.default_rng(args.seed)
@@ -537,6 +545,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ir-steps", type=int, default=3, help="IR steps per window")
     parser.add_argument("--sts-steps", type=int, default=10, help="STS steps per window")
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--bucket-rows", type=int, default=16, help="ours: rows per length bucket (0: padded pass)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matmul-n", type=int, default=0, help="size of the peak-rate product")
     parser.add_argument("--out", required=True, help="JSON file (local path or URI)")

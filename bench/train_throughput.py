@@ -101,9 +101,12 @@ def ir_records(cfg: Config, mined_dir: str) -> tuple[pa.Table, str]:
     return records, origin
 
 
-def slices(records: pa.Table, batch: int, count: int) -> list[pa.Table]:
-    """The first ``count`` batches of ``batch`` records."""
-    return [records.slice(start, batch) for start in range(0, batch * count, batch)]
+def slices(records: pa.Table, batch: int, count: int, seed: int) -> list[pa.Table]:
+    """``count`` batches of ``batch`` records drawn at random (seeded), as a shuffled training epoch
+    forms them (a file's first rows are often alike: STS-B train opens with short captions)."""
+    rows = np.random.default_rng(seed).permutation(len(records))[: batch * count]
+    drawn = records.take(pa.array(rows))
+    return [drawn.slice(start, batch) for start in range(0, batch * count, batch)]
 
 
 def ir_batch(cfg: Config, table: pa.Table, model_path: str, st_model, pad_id: int) -> tuple:
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per system and kind")
     parser.add_argument("--ir-steps", type=int, default=1, help="IR steps per window")
     parser.add_argument("--sts-steps", type=int, default=3, help="STS steps per window")
-    parser.add_argument("--batches", type=int, default=4, help="distinct batches per kind (cycled)")
+    parser.add_argument("--batches", type=int, default=8, help="distinct batches per kind (cycled)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", required=True, help="JSON file (local path or URI)")
     args = parser.parse_args(argv)
@@ -196,13 +199,17 @@ def main(argv: list[str] | None = None) -> dict:
         warmup_ratio=t.warmup_ratio,
         settings=LossSettings(**cfg.loss.model_dump()),
         grad_clip=t.grad_clip,
+        bucket_rows=t.bucket_rows,
     )
     records, origin = ir_records(cfg, args.mined or storage.join(cfg.run.dir, "mined"))
     print(f"IR negatives: {origin}")
     tables = {
-        "ir": slices(records, t.ir_global_batch, args.batches),
+        "ir": slices(records, t.ir_global_batch, args.batches, cfg.run.seed),
         "sts": slices(
-            read_source(_source(cfg, "sts"), cfg.data.root).table, t.sts_global_batch, args.batches
+            read_source(_source(cfg, "sts"), cfg.data.root).table,
+            t.sts_global_batch,
+            args.batches,
+            cfg.run.seed,
         ),
     }
     make = {"ir": ir_batch, "sts": sts_batch}
@@ -237,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             "passage": cfg.model.max_length_passage,
             "sts": cfg.model.max_length_sts,
         },
+        "bucket_rows": t.bucket_rows,
         "num_negatives": cfg.mining.num_negatives,
         "negatives": origin,
         "steps_per_window": {"ir": args.ir_steps, "sts": args.sts_steps},

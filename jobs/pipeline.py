@@ -98,6 +98,8 @@ def main(cfg: Config) -> dict:
                     f"Registered: {registration.message}.",
                 ],
                 title=f"CoDiEmb on Ray — run {cfg.run.name}",
+                held_out={b.name: b.kind for b in cfg.eval.benchmarks if b.held_out},
+                held_out_tolerance=cfg.eval.held_out_tolerance,
             )
             paths["dev_curves"] = storage.join(run_dir, "dev_curves.png")
             plot_dev_curves({m: d["metrics"] for m, d in trained.items()}, paths["dev_curves"])

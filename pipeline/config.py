@@ -65,13 +65,16 @@ class EvalBenchmark(_Section):
 
     name: str  # key in eval.json, e.g. "stsb-test"
     kind: Task
-    format: Literal["own", "stsb", "stsb_csv", "beir", "ir_dev"]
+    format: Literal["own", "stsb", "stsb_csv", "beir", "ir_dev", "trecqa", "snli"]
     path: str = ""
     split: str = "test"
     limit: int | None = None
     pool: int = Field(
         0, ge=0
     )  # kind ir: search a BM25 top-`pool` pool per query (+ relevant docs); 0 = whole corpus
+    # data no stage trains or selects on: the report checks the registered model against the base
+    # on it (at most eval.held_out_tolerance points lower)
+    held_out: bool = False
 
 
 class DataConfig(_Section):
@@ -139,6 +142,9 @@ class TrainConfig(_Section):
     # padded tokens of one worker's IR micro-batch (queries + passages); a batch over it gets shorter
     # passages, with a warning, instead of running out of memory. None = no cap
     max_tokens_per_batch: int | None = Field(None, gt=0)
+    # encoder passes of a step run as length-sorted chunks of this many rows, each trimmed to its own
+    # longest row (same embeddings, fewer pad tokens); 0 = one padded pass per batch
+    bucket_rows: int = Field(16, ge=0)
     ir_global_batch: int = Field(16, gt=0)  # queries per IR step, all workers together
     sts_global_batch: int = Field(32, gt=0)  # pairs per STS step, all workers together
     num_workers: int = Field(2, gt=0)
@@ -169,6 +175,9 @@ class EvalConfig(_Section):
     sort_by_length: bool = True
     corpus_chunk: int = Field(8192, gt=0)  # documents per chunk of the exact top-k
     fused_models: Literal["chosen", "all"] = "all"  # which fused models the evaluate stage scores
+    held_out_tolerance: float = Field(
+        1.0, ge=0.0
+    )  # points the registered model may lose to the base
 
 
 class FusionConfig(_Section):

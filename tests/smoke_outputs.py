@@ -10,12 +10,16 @@ ARTIFACTS = ("report.md", "tradeoff.png", "eval.json", "final/model.safetensors"
 
 
 def assert_smoke_run_outputs(run_dir: Path) -> dict:
-    """The report, plot, results, final model and MLflow store exist, and ``eval.json`` scores the
-    base and the joint model on STS dev; returns ``eval.json``."""
+    """The report, plot, results, final model and MLflow store exist, ``eval.json`` scores the base
+    and the joint model on STS dev, and the report checks the held-out benchmark; returns
+    ``eval.json``."""
     for artifact in ARTIFACTS:
         assert (run_dir / artifact).is_file(), artifact
     results = json.loads((run_dir / "eval.json").read_text())
     assert {"base", "joint"} <= set(results)
     assert any(name.startswith("fused:") for name in results)
     assert 0.0 < abs(results["joint"]["stsb-dev"]["spearman"]) <= 100.0
+    assert 0.0 <= results["base"]["trecqa-dev"]["ndcg@10"] <= 100.0
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Held-out benchmarks" in report and "vs base on trecqa-dev nDCG@10" in report
     return results

@@ -11,6 +11,7 @@ import pytest
 from pipeline.report import (
     comparison_table,
     dev_table,
+    held_out_check,
     no_negative_transfer,
     pareto_front,
     plot_tradeoff,
@@ -147,8 +148,11 @@ def test_write_report(results, tmp_path):
         stage_times={"train": 60.0},
         notes=["same steps per task"],
         title="Demo",
+        held_out={"stsb-test": "sts"},
     )
     text = Path(paths["report"]).read_text(encoding="utf-8")
+    assert "## Held-out benchmarks" in text
+    assert "fused:delta vs base on stsb-test Spearman: 84.50 vs 82.03 (+2.47), within" in text
     assert text.startswith("# Demo\n")
     assert "![IR vs STS trade-off](tradeoff.png)" in text
     assert "is the best of the 2 fusion variants" in text
@@ -200,3 +204,19 @@ def test_dev_curves_keep_the_evaluation_steps_per_mode(tmp_path):
     }
     plot_dev_curves({"joint": str(path)}, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_held_out_check_against_the_base(results):
+    for model, (snli, trec) in {"base": (40.0, 70.0), "fused:delta": (39.5, 68.5)}.items():
+        results[model]["snli-test"] = {"spearman": snli}
+        results[model]["trecqa-dev"] = {"ndcg@10": trec}
+    held_out = {"snli-test": "sts", "trecqa-dev": "ir"}
+    lines = held_out_check(results, held_out, chosen="fused:delta", tolerance=1.0)
+    assert lines[0] == (
+        "fused:delta vs base on snli-test Spearman: 39.50 vs 40.00 (-0.50), within 1 point(s)."
+    )
+    assert lines[1].endswith("68.50 vs 70.00 (-1.50), more than 1 below.")
+    del results["base"]["trecqa-dev"]
+    assert (
+        "not measured (base missing)" in held_out_check(results, held_out, chosen="fused:delta")[1]
+    )

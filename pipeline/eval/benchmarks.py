@@ -6,7 +6,13 @@ Formats (``EvalBenchmark.format``):
 - ``ir_dev`` (kind ir): the held-out slice written by mining, ``<run dir>/mined/ir_dev.json`` unless
   ``path`` says otherwise, searched against the full corpus of its ``source_path``. Skipped with a printed
   note when the file does not exist yet.
-``limit`` keeps the first N pairs (STS) or queries (IR; the corpus stays whole).
+- ``trecqa`` / ``snli`` (kind ir): question -> answer sentences (TREC-QA), premise -> entailed
+  hypotheses (SNLI; contradictions are the hard negatives), each searched against every candidate text
+  of the file.
+- ``snli`` (kind sts): premise-hypothesis pairs, gold 1 for entailment and 0 for contradiction, so the
+  Spearman correlation measures how well similarity separates the two.
+``limit`` keeps the first N pairs (STS), queries (IR; the corpus stays whole) or, for ``trecqa`` /
+``snli``, questions / premises (their candidates form the corpus).
 
 Queries and both sides of STS pairs get their task's instruction; documents (``title + " " + text``)
 get none. Each benchmark's results hold its scores (x100) and the geometry of its embeddings (raw).
@@ -15,6 +21,7 @@ get none. Each benchmark's results hold its scores (x100) and the geometry of it
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +40,11 @@ from pipeline.model.encoder import Encoder
 TOP_K = 100  # documents kept per query: enough for Recall@100 (MAP is over these)
 STS_POSITIVE = 0.8  # normalised gold at or above which an STS pair counts as positive (alignment)
 GEOMETRY_POINTS = 5000  # rows sampled for the pairwise geometry metrics
-FORMATS = {"sts": ("stsb", "stsb_csv", "own"), "ir": ("beir", "own", "ir_dev")}
+FORMATS = {
+    "sts": ("stsb", "stsb_csv", "own", "snli"),
+    "ir": ("beir", "own", "ir_dev", "trecqa", "snli"),
+}
+GROUPED = ("trecqa", "snli")  # formats read as query -> positives / negatives texts
 
 
 @dataclass(frozen=True)
@@ -51,19 +62,73 @@ class IrData:
     doc_texts: list[str]  # title + " " + text
 
 
-def load_sts(bench: EvalBenchmark, data_root: str) -> StsData:
-    """STS pairs of an ``stsb`` / ``stsb_csv`` / ``own`` file through the project's readers."""
+def _read(bench: EvalBenchmark, data_root: str, task: str):
+    """The benchmark's records through the project's readers (bad lines reported, left out)."""
     source = SourceConfig(
-        name=bench.name, task="sts", format=bench.format, path=bench.path, limit=bench.limit
+        name=bench.name,
+        task=task,
+        format=bench.format,
+        path=bench.path,
+        split=bench.split,
+        limit=bench.limit,
     )
     result = read_source(source, data_root)
     if result.quarantined:
-        print(f"[eval] {bench.name}: {len(result.quarantined)} unreadable pairs left out")
-    table = result.table
+        reasons = Counter(record.reason for record in result.quarantined)
+        first = result.quarantined[0]
+        print(
+            f"[eval] {bench.name}: {len(result.quarantined)} records left out "
+            f"({', '.join(f'{n} {reason}' for reason, n in reasons.items())}; first: "
+            f"{first.location} {first.detail})"
+        )
+    return result.table
+
+
+def load_sts(bench: EvalBenchmark, data_root: str) -> StsData:
+    """STS pairs of an ``stsb`` / ``stsb_csv`` / ``own`` file, or SNLI pairs with gold 1 / 0."""
+    if bench.format == "snli":
+        return _pairs_from_groups(_read(bench, data_root, "ir"))
+    table = _read(bench, data_root, "sts")
     return StsData(
         sentence1=table.column("sentence1").to_pylist(),
         sentence2=table.column("sentence2").to_pylist(),
         gold=np.asarray(table.column("score").to_pylist(), dtype=np.float64),
+    )
+
+
+def _pairs_from_groups(table) -> StsData:
+    """(query, positive) pairs with gold 1 and (query, negative) pairs with gold 0."""
+    first, second, gold = [], [], []
+    for query, positives, negatives in zip(
+        table.column("query").to_pylist(),
+        table.column("positives").to_pylist(),
+        table.column("negatives").to_pylist(),
+    ):
+        for texts, label in ((positives, 1.0), (negatives or [], 0.0)):
+            first += [query] * len(texts)
+            second += texts
+            gold += [label] * len(texts)
+    return StsData(sentence1=first, sentence2=second, gold=np.asarray(gold, dtype=np.float64))
+
+
+def _retrieval_from_groups(table) -> IrData:
+    """Every query searches all candidate texts of the file (each distinct text one document); its
+    positives are relevant."""
+    doc_ids: dict[str, str] = {}
+    queries, qrels = {}, {}
+    for row, (query, positives, negatives) in enumerate(
+        zip(
+            table.column("query").to_pylist(),
+            table.column("positives").to_pylist(),
+            table.column("negatives").to_pylist(),
+        )
+    ):
+        for text in [*positives, *(negatives or [])]:
+            doc_ids.setdefault(text, f"d{len(doc_ids)}")
+        queries[f"q{row}"] = query
+        qrels[f"q{row}"] = {doc_ids[text]: 1 for text in positives}
+    return IrData(
+        queries=queries, qrels=qrels, doc_ids=list(doc_ids.values()), doc_texts=list(doc_ids)
     )
 
 
@@ -73,8 +138,7 @@ def _ir_dev_file(bench: EvalBenchmark, data_root: str, run_dir: str) -> str:
     return storage.join(run_dir, "mined", "ir_dev.json")
 
 
-def load_ir(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None:
-    """Queries, qrels and corpus of a BEIR folder or the IR dev slice (None: dev slice not mined yet)."""
+def _load_beir_or_dev(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None:
     if bench.format == "ir_dev":
         path = _ir_dev_file(bench, data_root, run_dir)
         if not storage.exists(path):
@@ -88,13 +152,22 @@ def load_ir(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None
     else:
         split = load_split(resolve_path(bench.path, data_root), bench.split)
     kept = list(split.queries)[: bench.limit]
-    data = IrData(
+    return IrData(
         queries={qid: split.queries[qid] for qid in kept},
         qrels={qid: {d: int(g) for d, g in split.qrels[qid].items()} for qid in kept},
         doc_ids=list(split.corpus),
         doc_texts=[split.document_text(doc_id) for doc_id in split.corpus],
     )
-    return bm25_pool(data, bench.pool) if bench.pool else data
+
+
+def load_ir(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrData | None:
+    """Queries, qrels and corpus of a BEIR folder, the IR dev slice (None: not mined yet) or a
+    TREC-QA / SNLI file; cut to a BM25 pool when ``bench.pool`` is set."""
+    if bench.format in GROUPED:
+        data = _retrieval_from_groups(_read(bench, data_root, "ir"))
+    else:
+        data = _load_beir_or_dev(bench, data_root, run_dir)
+    return bm25_pool(data, bench.pool) if data is not None and bench.pool else data
 
 
 def bm25_pool(data: IrData, per_query: int) -> IrData:

@@ -7,13 +7,20 @@
 matplotlib is imported only when the plot is drawn.
 """
 
-from pipeline.report.tables import comparison_table, dev_table, no_negative_transfer, stage_table
+from pipeline.report.tables import (
+    comparison_table,
+    dev_table,
+    held_out_check,
+    no_negative_transfer,
+    stage_table,
+)
 from pipeline.report.tradeoff import pareto_front, plot_tradeoff
 from pipeline.report.write import render_report, write_report
 
 __all__ = [
     "comparison_table",
     "dev_table",
+    "held_out_check",
     "no_negative_transfer",
     "pareto_front",
     "plot_tradeoff",

@@ -250,6 +250,45 @@ def no_negative_transfer(
     return lines
 
 
+HEADLINE = {"sts": "spearman", "ir": "ndcg@10"}  # the metric a held-out benchmark is judged on
+
+
+def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str | None) -> str:
+    """Every model's headline metric (STS Spearman, IR nDCG@10) on each held-out benchmark."""
+    columns = [(_label(bench, HEADLINE[kind]), "max") for bench, kind in held_out.items()]
+    rows = {
+        _row_name(model, chosen): [
+            metric(results, model, bench, HEADLINE[kind]) for bench, kind in held_out.items()
+        ]
+        for model in results
+    }
+    return markdown_table("model", columns, rows)
+
+
+def held_out_check(
+    results: Results, held_out: Mapping[str, str], *, chosen: str, tolerance: float = 1.0
+) -> list[str]:
+    """Sentences computed from the numbers: the registered model against the base on each held-out
+    benchmark, at most ``tolerance`` points lower or not."""
+    lines = []
+    for bench, kind in held_out.items():
+        compared = _compare(results, chosen, "base", bench, HEADLINE[kind])
+        if isinstance(compared, str):
+            lines.append(compared)
+            continue
+        a, b, diff = compared
+        verdict = (
+            f"within {tolerance:g} point(s)"
+            if diff >= -tolerance
+            else f"more than {tolerance:g} below"
+        )
+        lines.append(
+            f"{chosen} vs base on {_label(bench, HEADLINE[kind])}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
+            f"{verdict}."
+        )
+    return lines
+
+
 def selection_summary(
     results: Results,
     chosen: str,

@@ -9,6 +9,8 @@ from pipeline.report.tables import (
     Results,
     comparison_table,
     dev_table,
+    held_out_check,
+    held_out_table,
     no_negative_transfer,
     selection_summary,
     stage_table,
@@ -34,8 +36,10 @@ def render_report(
     ir_bench: str = "scifact-test",
     sts_dev: str = "stsb-dev",
     ir_dev: str = "ir-dev",
+    held_out: Mapping[str, str] | None = None,
+    held_out_tolerance: float = 1.0,
 ) -> str:
-    """The Markdown text of the report."""
+    """The Markdown text of the report; ``held_out`` maps each held-out benchmark to its kind."""
     points = tradeoff_points(results, sts_bench=sts_bench, ir_bench=ir_bench)
     front = ", ".join(pareto_front(points)) or "–"
     dev = dict(sts_bench=sts_dev, ir_bench=ir_dev)
@@ -52,6 +56,14 @@ def render_report(
         "## Dev scores and fusion selection\n\n"
         + dev_table(results, dev_selection, chosen=chosen, **dev),
     ]
+    if held_out:
+        check = held_out_check(results, held_out, chosen=chosen, tolerance=held_out_tolerance)
+        sections.append(
+            "## Held-out benchmarks (never trained or selected on)\n\n"
+            + held_out_table(results, held_out, chosen=chosen)
+            + "\n\n"
+            + _bullets(check)
+        )
     if notes:
         sections.append("## Notes\n\n" + _bullets(notes))
     sections.append("## Wall time per stage\n\n" + stage_table(stage_times))
@@ -71,6 +83,8 @@ def write_report(
     ir_bench: str = "scifact-test",
     sts_dev: str = "stsb-dev",
     ir_dev: str = "ir-dev",
+    held_out: Mapping[str, str] | None = None,
+    held_out_tolerance: float = 1.0,
 ) -> dict[str, str]:
     """Write ``report.md`` and ``tradeoff.png`` under ``out_dir``; return {"report", "tradeoff"} paths."""
     paths = {
@@ -88,6 +102,8 @@ def write_report(
         title=title,
         sts_dev=sts_dev,
         ir_dev=ir_dev,
+        held_out=held_out,
+        held_out_tolerance=held_out_tolerance,
         **benches,
     )
     storage.write_bytes(paths["report"], text.encode("utf-8"))

@@ -89,6 +89,7 @@ def train_settings(
         normalize=m.normalize,
         gradient_checkpointing=m.gradient_checkpointing,
         bf16=t.bf16,
+        bucket_rows=t.bucket_rows,
         loss=LossSettings(**cfg.loss.model_dump()),
         dev=dev_data(cfg),
         eval_every=t.eval_every,

@@ -60,6 +60,7 @@ class TrainSettings:
     normalize: bool = True
     gradient_checkpointing: bool = False
     bf16: bool = False
+    bucket_rows: int = 16  # rows per length bucket of an encoder pass; 0 = one padded pass
     loss: LossSettings = field(default_factory=LossSettings)
     dev: DevData | None = None
     eval_every: int = 0  # 0: only at the end
@@ -185,6 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
                 device=device,
                 dim=encoder.dim,
                 bf16=s.bf16,
+                bucket_rows=s.bucket_rows,
             )
             step = global_step + 1
             metrics.update(step=step, epoch=epoch, task=task, peak_rss_mb=peak_rss_mb())

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.losses import multi_positive_info_nce, sts_loss
+from pipeline.model.buckets import forward_in_buckets, stack_padded
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,13 @@ def _global_max(*values: int) -> list[int]:
 
 
 def _encode_slots(
-    model, nested: dict[str, torch.Tensor], mask: torch.Tensor, slots: int, device, dim: int
+    model,
+    nested: dict[str, torch.Tensor],
+    mask: torch.Tensor,
+    slots: int,
+    device,
+    dim: int,
+    bucket_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the real slots of a [B, K, L] passage tensor -> ([B, slots, D], mask [B, slots])."""
     batch, k = mask.shape
@@ -66,7 +73,7 @@ def _encode_slots(
     if mask.any():
         ids = nested["input_ids"][mask].to(device)  # [R, L] real passages only
         att = nested["attention_mask"][mask].to(device)
-        emb = model(input_ids=ids, attention_mask=att)  # [R, D]
+        emb = forward_in_buckets(model, {"input_ids": ids, "attention_mask": att}, bucket_rows)
         out = out.index_put((full_mask.nonzero(as_tuple=True)), emb.float())
     return out, full_mask
 
@@ -79,18 +86,20 @@ def ir_forward(
     device: torch.device,
     dim: int,
     bf16: bool = False,
+    bucket_rows: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Multi-positive InfoNCE over the global batch (passages gathered across workers)."""
+    """Multi-positive InfoNCE over the global batch (passages gathered across workers); each encoder
+    pass runs in length buckets of ``bucket_rows`` rows (0: one padded pass)."""
     pos_slots, neg_slots = _global_max(
         batch["positive_mask"].shape[1], batch["negative_mask"].shape[1]
     )
     with _autocast(device, bf16):
-        query = model(**_to(batch["query"], device)).float()  # [B, D]
+        query = forward_in_buckets(model, _to(batch["query"], device), bucket_rows).float()
         positives, pos_mask = _encode_slots(
-            model, batch["positives"], batch["positive_mask"], pos_slots, device, dim
+            model, batch["positives"], batch["positive_mask"], pos_slots, device, dim, bucket_rows
         )  # [B, P, D]
         negatives, neg_mask = _encode_slots(
-            model, batch["negatives"], batch["negative_mask"], neg_slots, device, dim
+            model, batch["negatives"], batch["negative_mask"], neg_slots, device, dim, bucket_rows
         )  # [B, N, D]
     loss = multi_positive_info_nce(
         query, positives, negatives, pos_mask, neg_mask, temperature=settings.ir_temperature
@@ -99,14 +108,24 @@ def ir_forward(
 
 
 def sts_forward(
-    model, batch: dict, *, settings: LossSettings, device: torch.device, bf16: bool = False
+    model,
+    batch: dict,
+    *,
+    settings: LossSettings,
+    device: torch.device,
+    bf16: bool = False,
+    bucket_rows: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted STS objective on this worker's pairs (MidNCE reads the middle layer)."""
+    """The weighted STS objective on this worker's pairs (MidNCE reads the middle layer). Both sides
+    of the pairs go through the encoder together, in length buckets of ``bucket_rows`` rows."""
     mid = settings.w_midnce > 0
+    pairs = len(batch["score"])
+    both = stack_padded(batch["sentence1"], batch["sentence2"])
     with _autocast(device, bf16):
-        a = model(**_to(batch["sentence1"], device), return_mid=mid)
-        b = model(**_to(batch["sentence2"], device), return_mid=mid)
-    (a, a_mid), (b, b_mid) = (a, b) if mid else ((a, None), (b, None))
+        out = forward_in_buckets(model, _to(both, device), bucket_rows, return_mid=mid)
+    emb, emb_mid = out if mid else (out, None)
+    a, b = emb[:pairs], emb[pairs:]
+    a_mid, b_mid = (None, None) if emb_mid is None else (emb_mid[:pairs], emb_mid[pairs:])
     total, parts = sts_loss(
         a.float(),
         b.float(),
@@ -144,8 +163,10 @@ def train_step(
     device: torch.device,
     dim: int,
     bf16: bool = False,
+    bucket_rows: int = 16,
 ) -> dict[str, float]:
-    """Forward, backward, clip, optimizer and scheduler step for one ``ir`` / ``sts`` / ``mixed`` step.
+    """Forward, backward, clip, optimizer and scheduler step for one ``ir`` / ``sts`` / ``mixed`` step;
+    encoder passes run in length buckets of ``bucket_rows`` rows (0: one padded pass each).
 
     Returns the step's metrics: each loss component, the total, lr, grad norm, pairs/s and tokens/s
     (of this worker)."""
@@ -158,10 +179,18 @@ def train_step(
     for name, sub in batch.items() if task == "mixed" else [(task, batch)]:
         if name == "ir":
             loss, info = ir_forward(
-                model, sub, settings=settings, device=device, dim=dim, bf16=bf16
+                model,
+                sub,
+                settings=settings,
+                device=device,
+                dim=dim,
+                bf16=bf16,
+                bucket_rows=bucket_rows,
             )
         else:
-            loss, info = sts_forward(model, sub, settings=settings, device=device, bf16=bf16)
+            loss, info = sts_forward(
+                model, sub, settings=settings, device=device, bf16=bf16, bucket_rows=bucket_rows
+            )
         total = total + loss
         parts.update(info)
     total.backward()
