@@ -149,6 +149,9 @@ class TrainConfig(_Section):
     sts_global_batch: int = Field(32, gt=0)  # pairs per STS step, all workers together
     num_workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(0.5, gt=0.0)
+    # torch threads per worker; 0 = the node's cores / the workers on that node (one thread per core
+    # in every worker would oversubscribe the cores: Ray sets no thread count for fractional CPUs)
+    threads_per_worker: int = Field(0, ge=0)
     use_gpu: bool = False
     bf16: bool = False
     eval_every: int = Field(0, ge=0)  # 0 = only at the end

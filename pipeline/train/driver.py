@@ -90,6 +90,7 @@ def train_settings(
         gradient_checkpointing=m.gradient_checkpointing,
         bf16=t.bf16,
         bucket_rows=t.bucket_rows,
+        threads_per_worker=t.threads_per_worker,
         loss=LossSettings(**cfg.loss.model_dump()),
         dev=dev_data(cfg),
         eval_every=t.eval_every,

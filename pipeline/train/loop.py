@@ -61,6 +61,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     bf16: bool = False
     bucket_rows: int = 16  # rows per length bucket of an encoder pass; 0 = one padded pass
+    threads_per_worker: int = 0  # torch threads; 0 = this node's cores / the workers on it
     loss: LossSettings = field(default_factory=LossSettings)
     dev: DevData | None = None
     eval_every: int = 0  # 0: only at the end
@@ -113,6 +114,15 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def worker_threads(requested: int, local_workers: int) -> int:
+    """Torch threads for one worker: ``requested``, or (0) this node's cores shared by its
+    ``local_workers``. Ray sets no thread count for a fractional CPU reservation, so torch would start
+    one thread per core in every worker (two workers on two cores: four threads)."""
+    if requested:
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
+
+
 def _maybe_fail(s: TrainSettings, step: int) -> None:
     if s.fail_at_step is None or step != s.fail_at_step:
         return
@@ -128,6 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
     s: TrainSettings = config["settings"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(worker_threads(s.threads_per_worker, ctx.get_local_world_size()))
     torch.manual_seed(s.seed)
     device = ray.train.torch.get_device()
     encoder = Encoder.from_pretrained(
@@ -155,7 +166,8 @@ def train_loop_per_worker(config: dict) -> None:
             f"[train] {world} workers | {total} steps | global batch {s.global_batch} "
             f"(per worker {per_worker_batches(s.global_batch, world)}) | "
             f"IR candidates per query term: {s.global_batch.get('ir', 0)} x positives-slot + hard "
-            f"negatives of all queries | start at step {position.step}"
+            f"negatives of all queries | {torch.get_num_threads()} torch threads per worker | "
+            f"start at step {position.step}"
         )
 
     shards = {task: ray.train.get_dataset_shard(task) for task in s.schedule.num_batches}
