@@ -21,6 +21,7 @@ from pipeline.data.mining_stage import run_mining
 from pipeline.data.prepare import prepare_sources
 from pipeline.end_to_end import (
     base_folder,
+    dev_selection_scores,
     evaluate_models,
     fuse_checkpoints,
     fusion_candidates,
@@ -64,7 +65,8 @@ def main(cfg: Config) -> dict:
             for mode, done in trained.items():
                 log_training_metrics(done["metrics"], prefix=f"{mode}/")
         with clock.stage("fuse"), stage_run("fuse"):
-            selection, chosen_folder = fuse_checkpoints(cfg, base, fusion_candidates(cfg, trained))
+            candidates = fusion_candidates(cfg, trained)
+            selection, chosen_folder = fuse_checkpoints(cfg, base, candidates)
             log_dict(selection, "fuse/selection.json")
         fused = {f"fused:{m}": f for m, f in selection["folders"].items()}
         chosen = next(n for n, f in fused.items() if f == chosen_folder)
@@ -91,7 +93,7 @@ def main(cfg: Config) -> dict:
                 run_dir,
                 results,
                 chosen=chosen,
-                dev_selection={**selection["scores"], **selection.get("candidate_scores", {})},
+                dev_selection=dev_selection_scores(selection, candidates),
                 stage_times=clock.times,
                 notes=[
                     *training_notes({m: d["metrics"] for m, d in trained.items()}),

@@ -103,6 +103,17 @@ def fusion_candidates(cfg: Config, trained: dict[str, dict]) -> dict[str, str]:
     return {f"tune:{t['trial']}": t["checkpoint"] for t in storage.read_json(best)["trials"]}
 
 
+def dev_selection_scores(selection: dict, candidates: dict[str, str]) -> dict[str, float]:
+    """Every model the fuse stage scored on dev, by name: the fusion variants as ``selection.json``
+    names them, and each candidate (keyed by its folder there) as ``candidate <name>``."""
+    name_of = {folder: name for name, folder in candidates.items()}
+    scored = selection.get("candidate_scores", {})
+    return {
+        **selection["scores"],
+        **{f"candidate {name_of.get(folder, folder)}": s for folder, s in scored.items()},
+    }
+
+
 def dev_evaluator(cfg: Config) -> Callable[[str], dict[str, float]]:
     """``folder -> dev metrics`` (STS and IR dev, ``dev_objective``; dev data only), the in-loop
     evaluation applied to a saved model."""

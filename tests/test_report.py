@@ -155,7 +155,7 @@ def test_write_report(results, tmp_path):
     assert "fused:delta vs base on stsb-test Spearman: 84.50 vs 82.03 (+2.47), within" in text
     assert text.startswith("# Demo\n")
     assert "![IR vs STS trade-off](tradeoff.png)" in text
-    assert "is the best of the 2 fusion variants" in text
+    assert "is the best of the 2 models scored on dev" in text
     assert "above every single checkpoint (best of them: joint" in text
     assert "- same steps per task" in text
     assert "joint is within 0.3 of sts_only" in text
@@ -220,3 +220,20 @@ def test_held_out_check_against_the_base(results):
     assert (
         "not measured (base missing)" in held_out_check(results, held_out, chosen="fused:delta")[1]
     )
+
+
+def test_dev_selection_names_candidates_by_mode():
+    from pipeline.end_to_end import dev_selection_scores
+
+    candidates = {"joint": "runs/demo/train/joint/best", "ir_only": "runs/demo/train/ir_only/best"}
+    selection = {
+        "scores": {"greedy_soup": 82.2, "soup": 81.8},
+        "candidate_scores": {"runs/demo/train/joint/best": 82.2, "elsewhere/best": 80.0},
+    }
+    assert dev_selection_scores(selection, candidates) == {
+        "greedy_soup": 82.2,
+        "soup": 81.8,
+        "candidate joint": 82.2,
+        "candidate elsewhere/best": 80.0,  # a folder not among the candidates keeps its path
+    }
+    assert dev_selection_scores({"scores": {"soup": 1.0}}, candidates) == {"soup": 1.0}

@@ -306,7 +306,7 @@ def selection_summary(
         if dev_selection[own] >= dev_selection[best]:
             lines.append(
                 f"Its dev objective {dev_selection[own]:.2f} ({own}) is the best of the "
-                f"{len(dev_selection)} fusion variants scored on dev."
+                f"{len(dev_selection)} models scored on dev (fusion variants and candidates)."
             )
         else:
             lines.append(
