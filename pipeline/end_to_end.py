@@ -14,16 +14,28 @@ from collections.abc import Callable
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.eval.benchmarks import run_benchmarks
-from pipeline.fusion.stream import check_finite
+from pipeline.fusion.stream import check_finite, weights_digest
 from pipeline.model.encoder import Encoder
 from pipeline.model.loading import resolve_model_path
 from pipeline.model.save import save_pretrained_st
 from pipeline.stage_cache import cached, input_hash, mark_done
 from pipeline.train.dev import evaluate_dev
+from pipeline.train.state import META
 
 
 def _weights_digest(folder: str) -> str:
+    """The weights file's sha256: the cache key of the stages that read a model folder."""
     return storage.file_sha256(storage.join(folder, "model.safetensors"))
+
+
+def recorded_dev_objective(folder: str) -> float | None:
+    """The dev objective training measured for a checkpoint folder (its ``train_state.json``), or None
+    when it recorded none."""
+    state = storage.join(folder, META)
+    if not storage.exists(state):
+        return None
+    value = storage.read_json(state).get("metrics", {}).get("dev_objective")
+    return None if value is None else float(value)
 
 
 def base_folder(cfg: Config) -> str:
@@ -149,7 +161,10 @@ def fuse_checkpoints(
     cfg: Config, base: str, candidates: dict[str, str], out: str = ""
 ) -> tuple[dict, str]:
     """Fuse the candidates with every configured method as a Ray task into ``out`` (default
-    ``<run dir>/fuse``), choosing on dev; returns ``selection.json`` and the chosen fused folder."""
+    ``<run dir>/fuse``), choosing on dev; returns ``selection.json`` and the chosen fused folder.
+
+    A candidate's dev score is the one training recorded for it (same dev data and objective), so
+    only the fused models are scored here."""
     import ray
 
     from pipeline.fusion.remote import fuse_and_select_remote
@@ -163,6 +178,7 @@ def fuse_checkpoints(
         cfg.train.dev_ir_pool,
         cfg.train.objective,
     )
+    recorded = {folder: recorded_dev_objective(folder) for folder in candidates.values()}
     done = cached(out, digest)
     if done is None:
         best, _, folder = ray.get(
@@ -171,6 +187,7 @@ def fuse_checkpoints(
                 list(candidates.values()),
                 out,
                 score_fn=dev_scorer(cfg),
+                known_scores={f: s for f, s in recorded.items() if s is not None},
                 **cfg.fusion.method_knobs(),
             )
         )
@@ -202,21 +219,28 @@ def evaluate_folder(cfg: Config, folder: str) -> dict[str, dict[str, float]]:
 
 
 def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Every model on every configured benchmark: model -> benchmark -> metric (cached per weights)."""
-    results = {}
+    """Every model on every configured benchmark: model -> benchmark -> metric (cached per weights;
+    a model with the same weights as one already scored, e.g. a greedy soup of one, reuses its
+    scores)."""
+    results, scored = {}, {}
     benchmarks = [b.model_dump() for b in cfg.eval.benchmarks]
     m = cfg.model
     for name, folder in folders.items():
         out = storage.join(storage.absolute(cfg.run.dir), "eval", "models", name.replace(":", "-"))
+        weights = weights_digest(storage.fetch(folder))  # the tensors, however they were written
         digest = input_hash(
             _weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size
         )
         done = cached(out, digest)
+        if done is None and weights in scored:
+            print(f"[pipeline] {name}: same weights as {scored[weights]}, reusing its scores")
+            done = mark_done(out, digest, model=folder, results=results[scored[weights]])
         if done is None:
             print(f"[pipeline] evaluating {name} ({folder})")
             scores = evaluate_folder(cfg, folder)
             done = mark_done(out, digest, model=folder, results=scores)
         results[name] = done["results"]
+        scored.setdefault(weights, name)
     return results
 
 

@@ -281,3 +281,54 @@ def test_held_out_benchmarks_score_a_model(tmp_path, data_root, tiny_model_path)
     results = run_benchmarks(encoder, benches, data_root=str(data_root), run_dir=str(tmp_path))
     assert -100 <= results["snli"]["spearman"] <= 100
     assert 0 < results["trec"]["ndcg@10"] <= 100  # a random model still finds some answers
+
+
+class CountingEncoder:
+    """Encoder.encode with a log of the texts each call was given."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, []
+        self.dim = encoder.dim
+
+    def encode(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return self.encoder.encode(texts, **kwargs)
+
+
+def test_embedding_memo_encodes_each_text_once_and_matches_the_encoder(tiny_model_path):
+    from pipeline.eval.benchmarks import EmbeddingMemo
+    from pipeline.model.encoder import Encoder
+
+    encoder = Encoder.from_pretrained(tiny_model_path, device="cpu")
+    counting = CountingEncoder(encoder)
+    memo = EmbeddingMemo(counting, max_rows=3)
+    first = ["a cat sat", "a dog ran far away", "a cat sat"]
+    out = memo.encode(first, max_length=16, batch_size=2)
+    np.testing.assert_allclose(out, encoder.encode(first, max_length=16), atol=1e-5)
+    again = memo.encode(["a dog ran far away", "fish swim"], max_length=16)
+    np.testing.assert_allclose(again[0], out[1], atol=0)
+    # the other settings are another key; the memo is full at 3 rows, so new texts are not kept
+    memo.encode(["a cat sat"], max_length=8)
+    memo.encode(["birds fly", "birds fly"], max_length=16)
+    memo.encode(["birds fly"], max_length=16)
+    assert counting.calls == [
+        ["a cat sat", "a dog ran far away"],
+        ["fish swim"],
+        ["a cat sat"],
+        ["birds fly"],
+        ["birds fly"],
+    ]
+    assert memo.encode([], max_length=16).shape == (0, encoder.dim)
+
+
+def test_benchmarks_sharing_documents_encode_them_once(tmp_path, data_root, tiny_model_path):
+    from pipeline.config import EvalBenchmark
+    from pipeline.eval.benchmarks import run_benchmarks
+    from pipeline.model.encoder import Encoder
+
+    bench = dict(kind="ir", format="trecqa", path="trecqa-wang/dev.csv", limit=5)
+    benches = [EvalBenchmark(name="first", **bench), EvalBenchmark(name="again", **bench)]
+    counting = CountingEncoder(Encoder.from_pretrained(tiny_model_path, device="cpu"))
+    results = run_benchmarks(counting, benches, data_root=str(data_root), run_dir=str(tmp_path))
+    assert results["first"] == pytest.approx(results["again"])
+    assert len(counting.calls) == 2  # queries and documents of the first; nothing new after

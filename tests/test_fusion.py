@@ -381,3 +381,61 @@ def test_publish_final_refuses_a_model_with_nan_weights(tmp_path):
     with pytest.raises(NonFiniteWeights, match="chosen"):
         publish_final(str(bad), str(tmp_path / "run"))
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_weights_digest_sees_values_not_file_layout(tmp_path, base):
+    from pipeline.fusion.stream import weights_digest
+
+    folder, tensors = base
+    again = tmp_path / "again"
+    again.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in reversed(tensors.items())},
+        again / "model.safetensors",
+        metadata={"written": "elsewhere"},
+    )
+    assert (again / "model.safetensors").read_bytes() != (folder / "model.safetensors").read_bytes()
+    assert weights_digest(again) == weights_digest(folder)
+    nudged = {**tensors, "layer.bias": tensors["layer.bias"] + 1e-6}
+    assert weights_digest(write_ckpt(tmp_path / "nudged", nudged)) != weights_digest(folder)
+
+
+def test_greedy_soup_of_one_is_that_candidate_bit_for_bit(tmp_path, base):
+    from pipeline.fusion.stream import weights_digest
+
+    base_dir, base_tensors = base
+    c1, _ = finetuned(tmp_path, base_tensors, "c1", seed=1)
+    c2, _ = finetuned(tmp_path, base_tensors, "c2", seed=2)
+    scores = {str(c1): 1.0, str(c2): 0.0}
+    never = lambda folder: -1.0  # noqa: E731  (the soup of both scores lower)
+    result = greedy_soup(base_dir, [c1, c2], tmp_path / "greedy", never, candidate_scores=scores)
+    assert result.members == [str(c1)]
+    assert weights_digest(result.folder) == weights_digest(c1)
+
+
+def test_fuse_and_select_reuses_known_and_repeated_scores(tmp_path):
+    base_dir = constant_ckpt(tmp_path, "base", 0.0)
+    cands = [constant_ckpt(tmp_path, n, v) for n, v in [("c1", 1.0), ("c2", 3.0)]]
+    scored = []
+
+    def score(folder: str) -> float:
+        scored.append(Path(folder).name)
+        return -abs(read(folder)["emb.weight"].mean().item() - 2.8)
+
+    _, scores, _ = fuse_and_select(
+        base_dir,
+        cands,
+        tmp_path / "fuse",
+        score_fn=score,
+        methods=["soup", "greedy_soup", "task_arithmetic"],
+        ta_lambda=[0.5],
+        known_scores={str(cands[0]): -1.8},  # c1's score from training
+    )
+    # c1 is known; c2 is scored once; greedy's {c2, c1} soup has the soup's weights (2.0), and
+    # task arithmetic λ=0.5 (0.5 * 4 = 2.0) too: one scoring for all three
+    assert scored == ["c2", ".trial"]
+    assert scores == pytest.approx(
+        {"soup": -0.8, "greedy_soup": -0.2, "task_arithmetic(lam=0.5)": -0.8}
+    )
+    summary = json.loads((tmp_path / "fuse" / "selection.json").read_text())
+    assert summary["candidate_scores"] == pytest.approx({str(cands[0]): -1.8, str(cands[1]): -0.2})

@@ -21,6 +21,9 @@ import pytest
 from mlflow import MlflowClient
 from smoke_outputs import assert_smoke_run_outputs
 
+from pipeline import end_to_end
+from pipeline.config import load_config
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 DATA = (REPO.parent / "shared" / "data").resolve()
@@ -131,6 +134,12 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
     assert_smoke_run_outputs(root / "smoke")
+    # fusion takes each candidate's dev score from training: scoring the saved folder again agrees
+    cfg = load_config("smoke", [f"run.root={root}", f"data.root={DATA}"])
+    best = json.loads((root / "smoke" / "train" / "joint" / "done.json").read_text())["best"]
+    recorded = end_to_end.recorded_dev_objective(best)
+    assert recorded is not None
+    assert end_to_end.dev_scorer(cfg)(best) == pytest.approx(recorded, abs=1e-6)
 
 
 @pytest.mark.slow  # about 5 min here: two submissions of the smoke pipeline

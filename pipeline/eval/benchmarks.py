@@ -45,6 +45,7 @@ FORMATS = {
     "ir": ("beir", "own", "ir_dev", "trecqa", "snli"),
 }
 GROUPED = ("trecqa", "snli")  # formats read as query -> positives / negatives texts
+MEMO_ROWS = 200_000  # embeddings one model's evaluation keeps for reuse (~300 MB at 384 dims)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,38 @@ class IrData:
     qrels: dict[str, dict[str, int]]
     doc_ids: list[str]
     doc_texts: list[str]  # title + " " + text
+
+
+class EmbeddingMemo:
+    """An encoder whose ``encode`` embeds each distinct (text, max length, instruction) once: texts
+    that repeat within a benchmark or across benchmarks (the IR dev slice's documents are SciFact
+    corpus documents) are not encoded again. Up to ``max_rows`` embeddings are kept."""
+
+    def __init__(self, encoder: Encoder, max_rows: int = MEMO_ROWS) -> None:
+        self.encoder = encoder
+        self.max_rows = max_rows
+        self._rows: dict[tuple[int, str, str], np.ndarray] = {}
+
+    def encode(
+        self, texts: Sequence[str], *, max_length: int, instruction: str = "", **kwargs
+    ) -> np.ndarray:
+        """``Encoder.encode``'s result for ``texts``, encoding only the texts not seen before."""
+        keys = [(max_length, instruction, text) for text in texts]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._rows))
+        fresh = {}
+        if missing:
+            embeddings = self.encoder.encode(
+                [text for _, _, text in missing],
+                max_length=max_length,
+                instruction=instruction,
+                **kwargs,
+            )
+            fresh = dict(zip(missing, embeddings, strict=True))
+        if len(self._rows) + len(fresh) <= self.max_rows:
+            self._rows.update(fresh)
+        if not keys:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return np.stack([fresh[key] if key in fresh else self._rows[key] for key in keys])
 
 
 def _read(bench: EvalBenchmark, data_root: str, task: str):
@@ -187,7 +220,7 @@ def bm25_pool(data: IrData, per_query: int) -> IrData:
 
 
 def evaluate_sts(
-    encoder: Encoder,
+    encoder: Encoder | EmbeddingMemo,
     data: StsData,
     *,
     max_length: int,
@@ -216,7 +249,7 @@ def _chunks(n: int, size: int) -> Sequence[range]:
 
 
 def evaluate_ir(
-    encoder: Encoder,
+    encoder: Encoder | EmbeddingMemo,
     data: IrData,
     *,
     max_length_query: int,
@@ -290,7 +323,8 @@ def run_benchmarks(
     instruction_ir: str = "",
     instruction_sts: str = "",
 ) -> dict[str, dict[str, float]]:
-    """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order."""
+    """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order
+    (a text shared by several benchmarks is encoded once, see ``EmbeddingMemo``)."""
     for bench in benchmarks:
         if bench.format not in FORMATS[bench.kind]:
             raise ValueError(
@@ -298,11 +332,12 @@ def run_benchmarks(
                 f" (kind {bench.kind} takes {', '.join(FORMATS[bench.kind])})"
             )
     results: dict[str, dict[str, float]] = {}
+    memo = EmbeddingMemo(encoder)
     for bench in benchmarks:
         started = time.perf_counter()
         if bench.kind == "sts":
             results[bench.name] = evaluate_sts(
-                encoder,
+                memo,
                 load_sts(bench, data_root),
                 max_length=max_length_sts,
                 instruction=instruction_sts,
@@ -314,7 +349,7 @@ def run_benchmarks(
             if data is None:
                 continue
             results[bench.name] = evaluate_ir(
-                encoder,
+                memo,
                 data,
                 max_length_query=max_length_query,
                 max_length_passage=max_length_passage,

@@ -51,7 +51,8 @@ def greedy_soup(
     ranked = sorted(paths, key=lambda p: -scores[p])  # stable: input order breaks ties
     out = Path(out_dir)
     members, best = [ranked[0]], scores[ranked[0]]
-    fuse(base, members, out, "soup")
+    # a soup of one is that candidate, bit for bit (θ_0 + δ would round it): fused from itself
+    fuse(ranked[0], members, out, "soup")
     trial = out.with_name(f".{out.name}.trial")
     for path in ranked[1:]:
         fuse(base, [*members, path], trial, "soup")

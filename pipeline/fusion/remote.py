@@ -27,10 +27,15 @@ def fuse_and_select_remote(
     base: str, candidates: list[str], out_dir: str, **kwargs
 ) -> tuple[str, dict[str, float], str]:
     """``fuse_and_select`` with inputs fetched to this node and ``selection.json``'s folders and
-    candidate names given as ``out_dir`` / the candidates' own paths."""
+    candidate names given as ``out_dir`` / the candidates' own paths (``known_scores`` is keyed
+    by those paths too)."""
     built = storage.build_dir(out_dir)
     local = {storage.fetch(c): c for c in candidates}
-    best, scores, folder = fuse_and_select(storage.fetch(base), list(local), built, **kwargs)
+    fetched = {c: path for path, c in local.items()}
+    known = {fetched[c]: s for c, s in (kwargs.pop("known_scores", None) or {}).items()}
+    best, scores, folder = fuse_and_select(
+        storage.fetch(base), list(local), built, known_scores=known, **kwargs
+    )
 
     def published(path: str) -> str:
         return storage.join(out_dir, os.path.relpath(path, built))

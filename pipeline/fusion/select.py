@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.fusion.delta import Granularity, Normalize
 from pipeline.fusion.greedy import ScoreFn, greedy_soup
-from pipeline.fusion.stream import NonFiniteWeights, fuse
+from pipeline.fusion.stream import NonFiniteWeights, fuse, weights_digest
 
 ALL_METHODS = ("delta", "soup", "greedy_soup", "task_arithmetic", "ties")
 
@@ -57,6 +57,23 @@ def method_variants(
     raise ValueError(f"unknown fusion method {method!r}; known: {list(ALL_METHODS)}")
 
 
+class ScoreMemo:
+    """``score_fn`` called once per distinct set of weights (by ``weights_digest``), seeded with
+    scores already known, e.g. the dev objective training recorded for its best checkpoint."""
+
+    def __init__(self, score_fn: ScoreFn, known: Mapping[str, float] | None = None) -> None:
+        self.score_fn = score_fn
+        self.scores = {weights_digest(folder): float(s) for folder, s in (known or {}).items()}
+        self.calls = 0
+
+    def __call__(self, folder: str) -> float:
+        digest = weights_digest(folder)
+        if digest not in self.scores:
+            self.scores[digest] = self.score_fn(folder)
+            self.calls += 1
+        return self.scores[digest]
+
+
 def _replace(src: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -80,6 +97,7 @@ def fuse_and_select(
     delta_normalize: Normalize = "tensor",
     ta_lambda: Sequence[float] = (0.5, 0.7, 1.0),
     ties_density: float = 0.2,
+    known_scores: Mapping[str, float] | None = None,
 ) -> tuple[str, dict[str, float], str]:
     """Fuse with every method × knob setting, score each on dev, return the best.
 
@@ -95,6 +113,8 @@ def fuse_and_select(
         delta_power, delta_granularity, delta_normalize: delta's grid (see ``fusion.delta``).
         ta_lambda: task arithmetic's λ grid.
         ties_density: TIES' kept fraction (λ = 1).
+        known_scores: dev scores already measured, by folder (the candidates' from training); a
+            model whose weights equal a scored one is never scored again.
 
     Returns:
         (best variant name, e.g. "delta(power=2.0, ...)", {variant name: dev score} for every variant
@@ -114,12 +134,12 @@ def fuse_and_select(
     scores: dict[str, float] = {}
     folders: dict[str, str] = {}
     method_of: dict[str, str] = {}
-    candidate_scores: dict[str, float] = {}
+    score_fn = ScoreMemo(score_fn, known_scores)
+    candidate_scores = {str(c): score_fn(str(c)) for c in candidates}
     refused: dict[str, str] = {}
     for method in methods:
         folder = out / method
         if method == "greedy_soup":
-            candidate_scores = candidate_scores or {str(c): score_fn(str(c)) for c in candidates}
             try:
                 result = greedy_soup(
                     base, candidates, folder, score_fn, candidate_scores=candidate_scores

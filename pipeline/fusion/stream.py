@@ -14,6 +14,7 @@ tensor with NaN/inf stops the write (``NonFiniteWeights``): such a model is neve
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -96,6 +97,18 @@ def check_finite(folder: str | os.PathLike) -> None:
     ckpt = Checkpoint(folder)
     for name in ckpt.names:
         _require_finite(ckpt.get(name), name, str(ckpt.folder))
+
+
+def weights_digest(folder: str | os.PathLike) -> str:
+    """sha256 of a folder's tensors (names, dtypes, shapes and values; not the file's header or
+    shard layout): equal digests mean the same weights, however they were written."""
+    ckpt = Checkpoint(folder)
+    digest = hashlib.sha256()
+    for name in ckpt.names:
+        dtype, shape = ckpt.spec(name)
+        digest.update(f"{name}|{dtype}|{shape}|".encode())
+        digest.update(ckpt.get(name).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _check_compatible(base: Checkpoint, candidates: list[Checkpoint]) -> None:

@@ -1,0 +1,55 @@
+"""The pipeline stages' bookkeeping without training: evaluation shared between models with the same
+weights, and the dev scores fusion takes from training instead of measuring again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from pipeline import end_to_end
+from pipeline.config import load_config
+
+
+def weights_folder(folder: Path, value: float, metadata: dict | None = None) -> str:
+    folder.mkdir(parents=True)
+    save_file({"w": torch.full((3, 2), value)}, folder / "model.safetensors", metadata=metadata)
+    return str(folder)
+
+
+def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
+    cfg = load_config("smoke", [f"run.root={tmp_path}"])
+    folders = {
+        "joint": weights_folder(tmp_path / "joint", 1.0),
+        "ir_only": weights_folder(tmp_path / "ir_only", 2.0),
+        # a greedy soup of one: the same tensors in a file written by another writer
+        "fused:greedy_soup": weights_folder(tmp_path / "soup", 1.0, {"format": "pt"}),
+    }
+    evaluated = []
+
+    def fake_evaluate(cfg, folder):
+        evaluated.append(Path(folder).name)
+        return {"stsb-test": {"spearman": float(len(evaluated))}}
+
+    monkeypatch.setattr(end_to_end, "evaluate_folder", fake_evaluate)
+    results = end_to_end.evaluate_models(cfg, folders)
+    assert evaluated == ["joint", "ir_only"]
+    assert results == {
+        "joint": {"stsb-test": {"spearman": 1.0}},
+        "ir_only": {"stsb-test": {"spearman": 2.0}},
+        "fused:greedy_soup": {"stsb-test": {"spearman": 1.0}},
+    }
+    # a second run finds all three in the cache
+    assert end_to_end.evaluate_models(cfg, folders) == results and len(evaluated) == 2
+
+
+def test_recorded_dev_objective_comes_from_the_checkpoint_state(tmp_path):
+    folder = weights_folder(tmp_path / "best", 1.0)
+    assert end_to_end.recorded_dev_objective(folder) is None
+    state = {"step": 9, "metrics": {"dev_objective": 81.5, "loss": 0.3}}
+    (tmp_path / "best" / "train_state.json").write_text(json.dumps(state))
+    assert end_to_end.recorded_dev_objective(folder) == 81.5
+    (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": {}}))
+    assert end_to_end.recorded_dev_objective(folder) is None
