@@ -398,6 +398,11 @@ def test_weights_digest_sees_values_not_file_layout(tmp_path, base):
     assert weights_digest(again) == weights_digest(folder)
     nudged = {**tensors, "layer.bias": tensors["layer.bias"] + 1e-6}
     assert weights_digest(write_ckpt(tmp_path / "nudged", nudged)) != weights_digest(folder)
+    signed = {**tensors, "layer.bias": torch.tensor([0.0, -0.0, 1.0, 2.0])}
+    unsigned = {**tensors, "layer.bias": torch.tensor([0.0, 0.0, 1.0, 2.0])}
+    assert weights_digest(write_ckpt(tmp_path / "signed", signed)) == weights_digest(
+        write_ckpt(tmp_path / "unsigned", unsigned)
+    )
 
 
 def test_greedy_soup_of_one_is_that_candidate_bit_for_bit(tmp_path, base):

@@ -100,14 +100,17 @@ def check_finite(folder: str | os.PathLike) -> None:
 
 
 def weights_digest(folder: str | os.PathLike) -> str:
-    """sha256 of a folder's tensors (names, dtypes, shapes and values; not the file's header or
-    shard layout): equal digests mean the same weights, however they were written."""
+    """sha256 of a folder's tensors (names, dtypes, shapes and values, -0.0 counted as 0.0; not the
+    file's header or shard layout): equal digests mean the same weights, however they were written."""
     ckpt = Checkpoint(folder)
     digest = hashlib.sha256()
     for name in ckpt.names:
         dtype, shape = ckpt.spec(name)
+        tensor = ckpt.get(name)
+        if tensor.is_floating_point():
+            tensor = tensor + 0.0  # -0.0 + 0.0 = 0.0: θ + (θ − θ) is the same model as θ
         digest.update(f"{name}|{dtype}|{shape}|".encode())
-        digest.update(ckpt.get(name).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
