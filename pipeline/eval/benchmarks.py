@@ -293,7 +293,7 @@ def evaluate_ir(
         for row in wanted[(wanted >= rows.start) & (wanted < rows.stop)]:
             kept[int(row)] = emb[row - rows.start]
     seconds = time.perf_counter() - started
-    print(f"[eval] encoded {n_docs} documents in {seconds:.1f} s ({n_docs / seconds:.1f} docs/s)")
+    print(f"[eval] {n_docs} documents embedded and searched in {seconds:.1f} s")
     scores, doc_rows = top.result()
     run = build_run(qids, data.doc_ids, scores, doc_rows, TOP_K)
     positives = (
