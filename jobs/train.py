@@ -1,7 +1,8 @@
 """Train the configured mode(s) with Ray Train: ``python -m jobs.train --config configs/demo.yaml``.
 
 Needs ``jobs.prepare`` and ``jobs.mine`` first. ``train.mode=ir_only`` picks one mode; re-running
-the same run name resumes from the latest checkpoint."""
+the same run name and settings resumes from the latest checkpoint (changed settings start a new
+Ray Train run, see ``pipeline.train.driver.ray_run_name``)."""
 
 from __future__ import annotations
 

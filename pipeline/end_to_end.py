@@ -61,24 +61,12 @@ def base_folder(cfg: Config) -> str:
 def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
     """Train each of ``train.modes`` (skipping finished ones); mode -> ``{"best", "final",
     "checkpoints"}`` (the best checkpoint by dev, the last one, every kept one)."""
-    from pipeline.train.driver import train_mode  # imports Ray Train
+    from pipeline.train.driver import train_mode, training_inputs_hash  # imports Ray Train
 
-    mined = storage.read_json(storage.join(cfg.run.dir, "mined", "stats.json"))
-    prepared = storage.read_json(storage.join(cfg.run.dir, "prepared", "manifest.json"))
     trained = {}
     for mode in cfg.train.modes:
         out = storage.join(storage.absolute(cfg.run.dir), "train", mode)
-        digest = input_hash(
-            mode,
-            base_digest,
-            mined.get("input_hash"),
-            prepared["input_hash"],
-            cfg.model.model_dump(),
-            cfg.loss.model_dump(),
-            cfg.sampler.model_dump(),
-            cfg.train.model_dump(exclude={"modes", "mode"}),
-            cfg.run.seed,
-        )
+        digest = input_hash(training_inputs_hash(cfg, mode), base_digest)
         done = cached(out, digest)
         if done is None:
             outcome = train_mode(cfg, mode)

@@ -1,5 +1,6 @@
 """The pipeline stages' bookkeeping without training: evaluation shared between models with the same
-weights, and the dev scores fusion takes from training instead of measuring again."""
+weights, the dev scores fusion takes from training instead of measuring again, and the Ray Train run
+folder that changes with the training settings."""
 
 from __future__ import annotations
 
@@ -53,3 +54,22 @@ def test_recorded_dev_objective_comes_from_the_checkpoint_state(tmp_path):
     assert end_to_end.recorded_dev_objective(folder) == 81.5
     (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": {}}))
     assert end_to_end.recorded_dev_objective(folder) is None
+
+
+def test_ray_run_folder_changes_with_the_training_settings(tmp_path):
+    from pipeline.train.driver import ray_run_name
+
+    def name(*overrides: str) -> str:
+        return ray_run_name(load_config("smoke", [f"run.root={tmp_path}", *overrides]), "joint")
+
+    run_dir = tmp_path / "smoke"
+    for stage, record in (("mined", "stats.json"), ("prepared", "manifest.json")):
+        (run_dir / stage).mkdir(parents=True, exist_ok=True)
+        (run_dir / stage / record).write_text(json.dumps({"input_hash": "a"}))
+    first = name()
+    assert first.startswith("smoke-joint-") and name() == first  # same settings: resume
+    # changed settings or data: a new run, never the old settings' checkpoints
+    assert name("loss.ir_temperature=0.07") != first
+    assert name("train.lr=1e-5") != first
+    (run_dir / "mined" / "stats.json").write_text(json.dumps({"input_hash": "b"}))
+    assert name() != first

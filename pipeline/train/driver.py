@@ -19,6 +19,7 @@ from pipeline.data.ray_datasets import build_task_datasets, count_batches, inges
 from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
 from pipeline.eval.benchmarks import load_ir, load_sts
 from pipeline.model.loading import resolve_model_path
+from pipeline.stage_cache import input_hash
 from pipeline.train.dev import DevData
 from pipeline.train.loop import TrainSettings, train_loop_per_worker
 from pipeline.train.metrics_log import MetricsLog
@@ -191,9 +192,33 @@ def check_data_headroom(
     )
 
 
+def training_inputs_hash(cfg: Config, mode: str) -> str:
+    """sha256 of what decides a mode's training: the prepared and mined data (their stages' input
+    hashes), the model, loss, sampler and train settings, the seed."""
+    mined = storage.read_json(storage.join(cfg.run.dir, "mined", "stats.json"))
+    prepared = storage.read_json(storage.join(cfg.run.dir, "prepared", "manifest.json"))
+    return input_hash(
+        mode,
+        mined.get("input_hash"),
+        prepared["input_hash"],
+        cfg.model.model_dump(),
+        cfg.loss.model_dump(),
+        cfg.sampler.model_dump(),
+        cfg.train.model_dump(exclude={"modes", "mode"}),
+        cfg.run.seed,
+    )
+
+
+def ray_run_name(cfg: Config, mode: str) -> str:
+    """Ray Train's run folder under ``<run dir>/ray``: ``<run>-<mode>-<8 hex of the training
+    inputs>``. A job started again with the same settings resumes its checkpoints; one with changed
+    settings starts a new run instead of resuming the old settings' checkpoints."""
+    return f"{cfg.run.name}-{mode}-{training_inputs_hash(cfg, mode)[:8]}"
+
+
 def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train into
-    ``<run dir>/train/<mode>``. Re-running with the same run directory resumes."""
+    ``<run dir>/train/<mode>``. Re-running with the same run directory and settings resumes."""
     run_dir = storage.absolute(cfg.run.dir)
     out_dir = storage.join(run_dir, "train", mode)
     metrics_path = storage.join(out_dir, "metrics.jsonl")
@@ -201,7 +226,7 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     trainer = build_trainer(
         cfg,
         mode,
-        name=f"{cfg.run.name}-{mode}",
+        name=ray_run_name(cfg, mode),
         storage_path=storage.join(run_dir, "ray"),
         metrics_path=metrics_path,
     )
