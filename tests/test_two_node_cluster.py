@@ -4,6 +4,7 @@ nodes, and the run leaves what a single-node run leaves (see ``smoke_outputs``).
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,25 @@ from pipeline.config import load_config
 HEAD_CPUS, WORKER_NODE_CPUS, CPUS_PER_TRAIN_WORKER = 2, 3, 1.6
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster():
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": HEAD_CPUS, "object_store_memory": 200 * 1024**2},
+        head_node_args={
+            "num_cpus": HEAD_CPUS,
+            "object_store_memory": 200 * 1024**2,
+            # its own dashboard port: the state API below needs this cluster's dashboard, and
+            # another Ray on the machine (a demo, a job) already holds the default 8265
+            "dashboard_port": _free_port(),
+        },
     )
     cluster.add_node(num_cpus=WORKER_NODE_CPUS, object_store_memory=200 * 1024**2)
     cluster.wait_for_nodes()
