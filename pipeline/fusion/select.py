@@ -64,13 +64,11 @@ class ScoreMemo:
     def __init__(self, score_fn: ScoreFn, known: Mapping[str, float] | None = None) -> None:
         self.score_fn = score_fn
         self.scores = {weights_digest(folder): float(s) for folder, s in (known or {}).items()}
-        self.calls = 0
 
     def __call__(self, folder: str) -> float:
         digest = weights_digest(folder)
         if digest not in self.scores:
             self.scores[digest] = self.score_fn(folder)
-            self.calls += 1
         return self.scores[digest]
 
 
