@@ -188,10 +188,12 @@ class FusionConfig(_Section):
         default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
     )
     # modes: each mode's best checkpoint; top_k: train.mode's kept checkpoints; tune_best_k: the best
-    # tune.best_k trials of the sweep tune.name (run `python -m tune.sweep` first)
-    candidates: Literal["modes", "top_k", "tune_best_k"] = "modes"
+    # tune.best_k trials of the sweep tune.name (run `python -m tune.sweep` first); paths: the model
+    # folders in fusion.paths (e.g. checkpoints of runs with different settings)
+    candidates: Literal["modes", "top_k", "tune_best_k", "paths"] = "modes"
     # candidates "modes": fuse these modes' best checkpoints ([] = every trained mode)
     modes: list[TrainMode] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list)  # candidates "paths": local folders or URIs
     num_cpus: float = Field(2.0, gt=0.0)  # the fusion task's CPUs = its dev scoring's threads
     delta_power: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     delta_granularity: Literal["element", "tensor"] = "element"
@@ -199,10 +201,19 @@ class FusionConfig(_Section):
     ta_lambda: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
     ties_density: float = Field(0.2, gt=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _paths_named(self) -> FusionConfig:
+        if self.candidates == "paths" and len(self.paths) < 2:
+            raise ValueError(
+                f"fusion.candidates=paths needs at least two model folders in fusion.paths, "
+                f"got {self.paths}"
+            )
+        return self
+
     def method_knobs(self) -> dict[str, Any]:
         """The fusion methods and their knobs (``fuse_and_select``'s keywords), without the fields
         that say which checkpoints to fuse."""
-        return self.model_dump(exclude={"candidates", "modes", "num_cpus"})
+        return self.model_dump(exclude={"candidates", "modes", "paths", "num_cpus"})
 
 
 class TrackingConfig(_Section):

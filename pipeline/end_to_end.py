@@ -58,16 +58,24 @@ def base_folder(cfg: Config) -> str:
     return out
 
 
-def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
-    """Train each of ``train.modes`` (skipping finished ones); mode -> ``{"best", "final",
-    "checkpoints"}`` (the best checkpoint by dev, the last one, every kept one)."""
+def train_modes(
+    cfg: Config, base_digest: str, modes: list[str] | None = None, *, train_missing: bool = True
+) -> dict[str, dict]:
+    """Train each of ``modes`` (default ``train.modes``), skipping finished ones; mode -> ``{"best",
+    "final", "checkpoints"}`` (the best checkpoint by dev, the last one, every kept one). With
+    ``train_missing=False`` a mode not trained with these settings is an error instead."""
     from pipeline.train.driver import train_mode, training_inputs_hash  # imports Ray Train
 
     trained = {}
-    for mode in cfg.train.modes:
+    for mode in cfg.train.modes if modes is None else modes:
         out = storage.join(storage.absolute(cfg.run.dir), "train", mode)
         digest = input_hash(training_inputs_hash(cfg, mode), base_digest)
         done = cached(out, digest)
+        if done is None and not train_missing:
+            raise FileNotFoundError(
+                f"{out}: no finished {mode} training with these settings; run "
+                f"`python -m jobs.pipeline` with the same config first"
+            )
         if done is None:
             outcome = train_mode(cfg, mode)
             done = mark_done(
@@ -86,14 +94,16 @@ def train_modes(cfg: Config, base_digest: str) -> dict[str, dict]:
 
 def fusion_candidates(cfg: Config, trained: dict[str, dict]) -> dict[str, str]:
     """What ``fusion.candidates`` names: the best checkpoint of every mode (``modes``), every kept
-    checkpoint of ``train.mode``'s run (``top_k``) or the best trials of the sweep ``tune.name``
-    (``tune_best_k``)."""
+    checkpoint of ``train.mode``'s run (``top_k``), the best trials of the sweep ``tune.name``
+    (``tune_best_k``) or the folders of ``fusion.paths`` (``paths``, each named by its path)."""
     if cfg.fusion.candidates == "modes":
         modes = cfg.fusion.modes or list(trained)
         return {mode: trained[mode]["best"] for mode in modes}
     if cfg.fusion.candidates == "top_k":
         kept = trained[cfg.train.mode]["checkpoints"]
         return {f"{cfg.train.mode}:{os.path.basename(p)}": p for p in kept}
+    if cfg.fusion.candidates == "paths":
+        return {path: path for path in cfg.fusion.paths}
     best = storage.join(cfg.run.dir, "tune", cfg.tune.name, "best.json")
     if not storage.exists(best):
         raise FileNotFoundError(
@@ -151,8 +161,9 @@ def fuse_checkpoints(
     """Fuse the candidates with every configured method as a Ray task into ``out`` (default
     ``<run dir>/fuse``), choosing on dev; returns ``selection.json`` and the chosen fused folder.
 
-    A candidate's dev score is the one training recorded for it (same dev data and objective), so
-    only the fused models are scored here."""
+    A candidate trained in this run directory keeps the dev score its training recorded (same dev
+    data and objective), so only the fused models are scored here; ``fusion.paths`` folders may
+    come from runs with other dev data, so they are scored again."""
     import ray
 
     from pipeline.fusion.remote import fuse_and_select_remote
@@ -161,12 +172,16 @@ def fuse_checkpoints(
     digest = input_hash(
         _weights_digest(base),
         {name: _weights_digest(folder) for name, folder in sorted(candidates.items())},
-        cfg.fusion.model_dump(),
+        cfg.fusion.method_knobs(),
         [b.model_dump() for b in cfg.eval.benchmarks],
         cfg.train.dev_ir_pool,
         cfg.train.objective,
     )
-    recorded = {folder: recorded_dev_objective(folder) for folder in candidates.values()}
+    recorded = {
+        folder: recorded_dev_objective(folder)
+        for folder in candidates.values()
+        if cfg.fusion.candidates != "paths"
+    }
     done = cached(out, digest)
     if done is None:
         best, _, folder = ray.get(

@@ -61,6 +61,14 @@ def test_bad_combination_names_the_fix():
         load_config("demo", ["train.bf16=true"])
 
 
+def test_fusion_paths_need_two_folders():
+    with pytest.raises(ConfigError, match="fusion.paths"):
+        load_config("demo", ["fusion.candidates=paths", "fusion.paths=[runs/a]"])
+    cfg = load_config("demo", ["fusion.candidates=paths", "fusion.paths=[runs/a,runs/b]"])
+    assert cfg.fusion.paths == ["runs/a", "runs/b"]
+    assert "paths" not in cfg.fusion.method_knobs()
+
+
 def test_cli_exits_with_the_message(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_cli(["--config", "demo", "sampler.mode=sometimes"])

@@ -100,7 +100,7 @@ def fuse_and_select(
     """Fuse with every method × knob setting, score each on dev, return the best.
 
     The keyword arguments are ``FusionConfig``'s fields, so a job can pass
-    ``**cfg.fusion.model_dump(exclude={"candidates"})``.
+    ``**cfg.fusion.method_knobs()``.
 
     Args:
         base: the pre-trained folder θ_0.
