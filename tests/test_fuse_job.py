@@ -45,6 +45,8 @@ def test_fuse_job_fuses_the_named_folders_and_chooses_on_dev(smoke_run):
     base = base_folder(load_config("smoke", overrides))
     a = perturbed_copy(base, root / "cand-a", seed=1)
     b = perturbed_copy(base, root / "cand-b", seed=2)
+    # a dev score recorded by another run (other dev data): the job must score the folder again
+    (Path(a) / "train_state.json").write_text('{"step": 1, "metrics": {"dev_objective": 999.0}}')
     cfg = load_config(
         "smoke",
         [
@@ -56,8 +58,9 @@ def test_fuse_job_fuses_the_named_folders_and_chooses_on_dev(smoke_run):
         ],
     )
     selection = jobs.fuse.main(cfg)
-    # both folders scored on dev (no recorded scores for folders from elsewhere), every variant too
+    # both folders scored on dev, the recorded 999 ignored; every variant scored too
     assert set(selection["candidate_scores"]) == {a, b}
+    assert selection["candidate_scores"][a] < 100.0
     assert set(selection["scores"]) == {
         "soup",
         "delta(power=1.0, granularity=element, normalize=tensor)",
