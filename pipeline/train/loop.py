@@ -32,7 +32,7 @@ from pipeline.train.state import (
     save_rng_state,
     save_training_state,
 )
-from pipeline.train.step import LossSettings, train_step
+from pipeline.train.step import DDP_OPTIONS, LossSettings, train_step
 
 
 class InjectedFault(RuntimeError):
@@ -148,7 +148,9 @@ def train_loop_per_worker(config: dict) -> None:
         gradient_checkpointing=s.gradient_checkpointing,
         device=device,
     )
-    model = ray.train.torch.prepare_model(encoder, move_to_device=False)
+    model = ray.train.torch.prepare_model(
+        encoder, move_to_device=False, parallel_strategy_kwargs=DDP_OPTIONS
+    )
     optimizer = build_optimizer(encoder, lr=s.lr, weight_decay=s.weight_decay)
     total = s.total_steps()
     scheduler = build_scheduler(optimizer, total_steps=total, warmup_ratio=s.warmup_ratio)
