@@ -4,7 +4,6 @@ every parameter gradient, parameters after AdamW steps); without the gather they
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_workers import join_gloo
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -75,14 +75,7 @@ def train(model: nn.Module, batches, *, gather: bool) -> dict[str, list]:
 
 
 def worker(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/store",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, folder)
     rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
     local = [tuple(t[rows] for t in batch) for batch in global_batches()]
     results = {

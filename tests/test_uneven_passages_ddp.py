@@ -10,7 +10,6 @@ error)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_workers import join_gloo
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.data.batches import collate_ir
@@ -72,14 +72,7 @@ def load_encoder(path: str) -> Encoder:
 
 
 def worker(rank: int, folder: str, model_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/store",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, folder)
     encoder = load_encoder(model_path)
     local = global_records().slice(rank * LOCAL, LOCAL)
     grads = step_gradients(DistributedDataParallel(encoder, **DDP_OPTIONS), encoder, local)
