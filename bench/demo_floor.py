@@ -35,6 +35,7 @@ Prepare, mine, register and report do no encoder work (seconds in every measured
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -420,7 +421,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "config": preset,
         "overrides": list(args.overrides),
         "rates_from": args.rates_from,
-        "machine": {"cpu_cores": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "modes": cfg.train.modes,
         "models_scored": models_scored(cfg),
         "fuse_scorings": fuse_scorings(cfg),

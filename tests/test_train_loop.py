@@ -59,6 +59,10 @@ def test_worker_fault_resumes_from_checkpoint_like_an_uninterrupted_run(smoke_ro
 
     clean_log, faulty_log = _metrics(clean.metrics_path), _metrics(faulty.metrics_path)
     assert [r["step"] for r in faulty_log] == list(range(1, 9))
+    # every worker's real tokens per step (rank 0's first): how evenly the step's work was split
+    assert all(len(r["tokens_workers"]) == 2 for r in clean_log)
+    assert all(r["tokens_workers"][0] == r["tokens"] > 0 for r in clean_log)
+    assert any(r["tokens_workers"][1] != r["tokens"] for r in clean_log)  # rank 1's own count
     checkpointed = {r["step"]: "dev_objective" in r for r in clean_log if "checkpoint" in r}
     assert checkpointed == {3: False, 4: True, 6: False, 8: True}
     assert all("dev_objective" in m for _, m in faulty.checkpoints)  # only ranked ones are kept

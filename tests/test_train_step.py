@@ -16,7 +16,7 @@ from pipeline.data.readers import read_source
 from pipeline.model.encoder import Encoder
 from pipeline.train.optim import build_optimizer, build_scheduler
 from pipeline.train.state import Position, load_training_state, save_training_state
-from pipeline.train.step import LossSettings, train_step
+from pipeline.train.step import LossSettings, batch_size_and_tokens, train_step
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,11 @@ def test_plain_torch_step_fits_a_repeated_batch(batches, tiny_model_path, task):
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.8 * losses[0], losses
     metrics = _step(encoder, optimizer, scheduler, task, batches[task])
-    expected = {"loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s"}
+    expected = {"loss", "lr", "grad_norm", "tokens", "pairs_per_s", "tokens_per_s"}
     expected |= {"loss_ir"} if task != "sts" else set()
     expected |= {"loss_sts", "pearson", "rankkl", "pro", "midnce"} if task != "ir" else set()
     assert expected <= set(metrics)
+    assert metrics["tokens"] == batch_size_and_tokens(task, batches[task])[1]
 
 
 def test_checkpoint_round_trip_continues_identically(batches, tiny_model_path, tmp_path):

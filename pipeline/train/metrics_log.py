@@ -1,5 +1,6 @@
 """A Ray Train callback (runs in the controller) that keeps every reported step in ``metrics.jsonl``:
-rank 0's metrics plus the loss averaged over workers and every worker's peak RSS. Ray Train V2 keeps only checkpoint metrics."""
+rank 0's metrics plus the loss averaged over workers, and every worker's peak RSS and real tokens
+encoded (a step lasts as long as its busiest worker). Ray Train V2 keeps only checkpoint metrics."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ class MetricsLog(ray.train.UserCallback):
         losses = [m["loss"] for m in metrics if "loss" in m]
         if losses:
             row["loss_mean_workers"] = sum(losses) / len(losses)
-        rss = [m["peak_rss_mb"] for m in metrics if "peak_rss_mb" in m]
-        if rss:
-            row["peak_rss_mb_workers"] = rss
+        for key in ("peak_rss_mb", "tokens"):  # per worker: memory, and how evenly work split
+            values = [m[key] for m in metrics if key in m]
+            if values:
+                row[f"{key}_workers"] = values
         if checkpoint is not None:
             row["checkpoint"] = checkpoint.path
         step = row.get("step")

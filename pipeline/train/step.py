@@ -178,8 +178,8 @@ def train_step(
     """Forward, backward, clip, optimizer and scheduler step for one ``ir`` / ``sts`` / ``mixed`` step;
     encoder passes run in length buckets of ``bucket_rows`` rows (0: one padded pass each).
 
-    Returns the step's metrics: each loss component, the total, lr, grad norm, pairs/s and tokens/s
-    (of this worker)."""
+    Returns the step's metrics: each loss component, the total, lr, grad norm, the real tokens this
+    worker encoded, pairs/s and tokens/s (of this worker)."""
     started = time.perf_counter()
     lr = scheduler.get_last_lr()[0]
     model.train()
@@ -215,6 +215,7 @@ def train_step(
         "lr": lr,
         "grad_norm": float(grad_norm),
         "step_seconds": seconds,
+        "tokens": tokens,
         "pairs_per_s": records / seconds,
         "tokens_per_s": tokens / seconds,
     }
