@@ -183,20 +183,22 @@ def fusion_candidates_count(cfg: Config) -> int:
 def fuse_scorings(cfg: Config) -> int:
     """Dev scorings of the fuse stage: every variant of the per-tensor methods' grid, plus greedy
     soup's K - 1 trial mixtures, less the one equal to the plain soup (two candidates, ``soup`` also
-    tried: same weights, scored once). The candidates keep the score their training recorded."""
+    tried: same weights, scored once). Candidates trained in the run keep the score their training
+    recorded; ``fusion.paths`` folders are scored again."""
     f = cfg.fusion
     knobs = f.method_knobs()
     grid = {k: v for k, v in knobs.items() if k != "methods"}
     scorings = sum(len(method_variants(m, **grid)) for m in f.methods if m != "greedy_soup")
+    k = fusion_candidates_count(cfg)
     if "greedy_soup" in f.methods:
-        k = fusion_candidates_count(cfg)
         scorings += max(k - 1, 0) - (1 if k == 2 and "soup" in f.methods else 0)
-    return scorings
+    return scorings + (k if f.candidates == "paths" else 0)
 
 
 def models_scored(cfg: Config) -> int:
     """Models the evaluate stage scores: base, every mode, and the chosen fused model or one per
-    fusion method."""
+    fusion method (one whose weights equal an earlier model's, such as a greedy soup that kept one
+    checkpoint, reuses its scores in the pipeline; the demo's chosen model is a new one)."""
     fused = 1 if cfg.eval.fused_models == "chosen" else len(cfg.fusion.methods)
     return 1 + len(cfg.train.modes) + fused
 

@@ -24,6 +24,8 @@ def test_fuse_scorings_count_every_variant_once():
     three = load_config("demo", ["fusion.modes=[sts_only,ir_only,joint]"])
     assert demo_floor.fuse_scorings(three) == 6 + 2  # two trial mixtures, neither the soup of all
     assert demo_floor.fuse_scorings(load_config("demo", ["fusion.methods=[delta]"])) == 2
+    paths = load_config("demo", ["fusion.candidates=paths", "fusion.paths=[a,b]"])
+    assert demo_floor.fuse_scorings(paths) == 6 + 2  # folders from elsewhere are scored again
 
 
 def test_models_scored_follow_eval_fused_models():
