@@ -133,6 +133,10 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     submit = _ray_job(address, env, "submit", *_pipeline_job(root))
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
+    log = submit.stdout + submit.stderr
+    # the job's progress reaches the submitter, without a line per report of every training worker
+    assert "[pipeline] train done in" in log and "[train] 2 workers" in log, log[-3000:]
+    assert "Reporting training result" not in log
     assert_smoke_run_outputs(root / "smoke")
     # fusion takes each candidate's dev score from training: scoring the saved folder again agrees
     cfg = load_config("smoke", [f"run.root={root}", f"data.root={DATA}"])

@@ -9,6 +9,7 @@ steps a checkpoint without them, so a crash loses fewer steps).
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -133,9 +134,20 @@ def _maybe_fail(s: TrainSettings, step: int) -> None:
     raise InjectedFault(f"debug.fail_at_step={step}: injected worker fault")
 
 
+def quiet_report_log() -> None:
+    """Silence Ray Train's INFO line for every ``ray.train.report`` of every worker ("Reporting
+    training result N: TrainingReport(...)", the whole metrics dict each step): its logger is named
+    by its file path, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*`` names,
+    does not reach it. Its warnings and errors still show."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config = {"settings": TrainSettings}``."""
     s: TrainSettings = config["settings"]
+    quiet_report_log()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(worker_threads(s.threads_per_worker, ctx.get_local_world_size()))
