@@ -50,10 +50,9 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_step import matmul_tflops, train_flops  # noqa: E402
+from jobs import mine, prepare  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.data.mining_stage import run_mining  # noqa: E402
-from pipeline.data.prepare import prepare_sources  # noqa: E402
 from pipeline.data.ray_datasets import count_batches  # noqa: E402
 from pipeline.data.schedule import MIXED, schedule_for_run  # noqa: E402
 from pipeline.eval.benchmarks import load_ir, load_sts  # noqa: E402
@@ -390,13 +389,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = load_config(preset, (QUICK if args.quick else []) + list(args.overrides))
     transformers.logging.set_verbosity_error()
 
-    prepare_sources(
-        cfg.data.sources,
-        cfg.data.root,
-        storage.join(cfg.run.dir, "prepared"),
-        cfg.data.max_bad_fraction,
-    )
-    run_mining(cfg)
+    prepare.main(cfg)  # both cached by input hash, as in the pipeline
+    mine.main(cfg)
     model_path = resolve_model_path(
         cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
     )
