@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo reproduce test lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m jobs.pipeline --config configs/demo.yaml
+
+# The full four-mode comparison (about 3 hours on 2 CPU cores).
+reproduce: $(STAMP)
+	$(BIN)/python -m jobs.pipeline --config configs/reproduce.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,7 +1,7 @@
 """Evaluate an encoder on the config's benchmarks: writes ``<run dir>/eval/eval.json`` and ``eval.md``.
 
-python -m jobs.evaluate --config configs/demo.yaml
-python -m jobs.evaluate --config configs/demo.yaml model=runs/demo/final   # any encoder folder
+python -m jobs.evaluate --config configs/reproduce.yaml
+python -m jobs.evaluate --config configs/reproduce.yaml model=runs/demo/final   # any encoder folder
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fuse stage alone: fuse the config's candidates with every fusion method, choose on dev.
 
-    python -m jobs.fuse --config configs/demo.yaml        # the modes jobs.pipeline trained
-    python -m jobs.fuse --config configs/demo.yaml fusion.candidates=paths \\
+    python -m jobs.fuse --config configs/reproduce.yaml        # the modes jobs.pipeline trained
+    python -m jobs.fuse --config configs/reproduce.yaml fusion.candidates=paths \\
         "fusion.paths=[runs/a/train/joint/best,runs/b/train/joint/best]" run.name=fuse-a-b
 
 Needs ``jobs.prepare`` and ``jobs.mine`` of the run (its dev data) and, for candidates ``modes`` or

@@ -1,7 +1,7 @@
 """Mine hard negatives for the prepared IR sources and cut the IR dev slice.
 
-    python -m jobs.mine --config configs/demo.yaml
-    python -m jobs.mine --config configs/demo.yaml mining.rank_window=[10,50] mining.num_negatives=7
+    python -m jobs.mine --config configs/reproduce.yaml
+    python -m jobs.mine --config configs/reproduce.yaml mining.rank_window=[10,50] mining.num_negatives=7
 
 Reads ``<run dir>/prepared`` (run ``jobs.prepare`` first); writes ``<run dir>/mined/ir/<source>.parquet``,
 ``mined/ir_dev.json`` and ``mined/stats.json``; skipped when the inputs and settings have not changed.

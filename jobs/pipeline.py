@@ -1,6 +1,7 @@
 """The main job: raw data to a registered, fused model and its report.
 
     python -m jobs.pipeline --config configs/demo.yaml                 (what `make demo` runs)
+    python -m jobs.pipeline --config configs/reproduce.yaml            (what `make reproduce` runs)
     ray job submit --working-dir . -- python -m jobs.pipeline --config configs/smoke.yaml
 
 prepare -> mine -> train every mode in ``train.modes`` -> fuse (chosen on dev) -> evaluate every

@@ -1,7 +1,7 @@
 """Prepare the training data: every source in ``data.sources`` -> Parquet shards + manifest.
 
-    python -m jobs.prepare --config configs/demo.yaml
-    python -m jobs.prepare --config configs/demo.yaml data.max_bad_fraction=0.05
+    python -m jobs.prepare --config configs/reproduce.yaml
+    python -m jobs.prepare --config configs/reproduce.yaml data.max_bad_fraction=0.05
 
 Writes ``<run dir>/prepared/{ir,sts}/<source>.parquet``, ``quarantine.jsonl`` and ``manifest.json``;
 skipped when the inputs have not changed.

@@ -1,4 +1,4 @@
-"""Train the configured mode(s) with Ray Train: ``python -m jobs.train --config configs/demo.yaml``.
+"""Train the configured mode(s) with Ray Train: ``python -m jobs.train --config configs/reproduce.yaml``.
 
 Needs ``jobs.prepare`` and ``jobs.mine`` first. ``train.mode=ir_only`` picks one mode; re-running
 the same run name and settings resumes from the latest checkpoint (changed settings start a new

@@ -1,6 +1,6 @@
 """A Ray Tune sweep over the CoDiEmb knobs, then fusion of the best trials and the sweep report.
 
-    python -m tune.sweep --config configs/demo.yaml tune.num_samples=8 train.max_steps=60 train.eval_every=20
+    python -m tune.sweep --config configs/reproduce.yaml tune.num_samples=8 train.max_steps=60 train.eval_every=20
     python -m tune.sweep --config configs/smoke.yaml tune.search=optuna      (needs the optuna extra)
 
 prepare -> mine (cached, shared with jobs.pipeline) -> Tuner over ``tune.space`` (each trial a
