@@ -57,11 +57,12 @@ def _to(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, to
     return {k: v.to(device, non_blocking=True) for k, v in features.items()}
 
 
-def _global_max(*values: int) -> list[int]:
-    """Element-wise max over workers (slot counts must agree before the IR gather)."""
+def _global_max(*values: int, device: torch.device) -> list[int]:
+    """Element-wise max over workers (slot counts must agree before the IR gather). The tensor lives
+    on the training ``device``: NCCL, Ray Train's backend on GPUs, refuses CPU tensors."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.long)
+    t = torch.tensor(values, dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
@@ -101,7 +102,7 @@ def ir_forward(
     """Multi-positive InfoNCE over the global batch (passages gathered across workers); each encoder
     pass runs in length buckets of ``bucket_rows`` rows (0: one padded pass)."""
     pos_slots, neg_slots = _global_max(
-        batch["positive_mask"].shape[1], batch["negative_mask"].shape[1]
+        batch["positive_mask"].shape[1], batch["negative_mask"].shape[1], device=device
     )
     with _autocast(device, bf16):
         query = forward_in_buckets(model, _to(batch["query"], device), bucket_rows).float()
