@@ -11,6 +11,11 @@ Then: ray.io resources against KubeRay v1.7.0's CRD JSON schemas (../shared/k8s-
 strict on unknown fields), core resources with `kubernetes-validate --strict` (bundled schemas of
 one pinned Kubernetes version), the Ray and MLflow versions against pyproject.toml's pins, the
 RayJob's entrypoint against the repo (module, preset, overrides), and no credential in any file.
+
+Every pod template (found by `pod_templates()`, KubeRay's autoscaler container included): a sized
+memory /dev/shm on each Ray node, ephemeral-storage requests and limits on each container, Pod
+Security "restricted"; and the image (k8s/Dockerfile): pinned base and torch/CUDA build, non-root
+USER, the encoder baked in with the Hub off at run time. `pytest -k "shm or security"` runs these.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -49,6 +55,19 @@ RAY_SCHEMA_FILES = {"RayJob": "rayjob_v1.json", "RayCluster": "raycluster_v1.jso
 # An env var name whose `_`-separated part ends with one of these holds a credential
 # (HF_TOKEN, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD; not TOKENIZERS_PARALLELISM).
 SECRET_WORDS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET", "KEY", "CREDENTIALS")
+# Ray's default object store is 30% of the node's memory; it must fit in /dev/shm.
+OBJECT_STORE_SHARE = 0.3
+# The volume types Pod Security "restricted" allows.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 URI_WITH_PASSWORD = re.compile(r"\w+://[^/\s:@]+:[^/\s@]+@")
 
 
@@ -175,6 +194,17 @@ def one(docs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+_QUANTITY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_QUANTITY_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40})
+
+
+def quantity(value) -> float:
+    """A Kubernetes memory/storage quantity ("20Gi", "512Mi", "1G", 1000) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kMGT]i?|)", str(value))
+    assert match, f"not a quantity: {value!r}"
+    return float(match[1]) * _QUANTITY_UNITS[match[2]]
+
+
 # --------------------------------------------------------------------------- validators
 
 
@@ -226,33 +256,77 @@ def _dockerfile() -> str:
     return (K8S / "Dockerfile").read_text()
 
 
+def _dockerfile_args() -> dict[str, str]:
+    """The defaults of the Dockerfile's ARGs (the first default of a name wins)."""
+    args: dict[str, str] = {}
+    for name, value in re.findall(r"^ARG\s+(\w+)=(\S*)", _dockerfile(), re.MULTILINE):
+        args.setdefault(name, value.strip('"'))
+    return args
+
+
+def _dockerfile_resolved() -> str:
+    """The Dockerfile with continuation lines joined and ${ARG}s replaced by their defaults."""
+    args = _dockerfile_args()
+    text = _dockerfile().replace("\\\n", " ")
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), text)
+
+
 def _workdir() -> str:
     return re.findall(r"^WORKDIR\s+(\S+)", _dockerfile(), re.MULTILINE)[-1]
 
 
-def _containers(node):
-    """Every container (and init container) anywhere in a document."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("containers", "initContainers") and isinstance(value, list):
-                yield from value
-            else:
-                yield from _containers(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _containers(item)
+@dataclass(frozen=True)
+class PodTemplate:
+    """One pod template of a rendered manifest, as the cluster will run it."""
+
+    where: str  # e.g. "overlays/gpu RayJob/codiemb-pipeline spec.rayClusterSpec.headGroupSpec.template.spec"
+    role: str  # "head" or "worker" (a Ray node), or "other" (MLflow, the RayJob's submitter)
+    spec: dict
+    # Init containers, containers and, on a Ray head with in-tree autoscaling, the `autoscaler`
+    # container that KubeRay adds (its securityContext and resources come from autoscalerOptions).
+    containers: list[dict]
 
 
-def _pod_specs(node):
-    """Every pod spec (a mapping with `containers`) anywhere in a document."""
+def _pod_specs(node, path: str = ""):
+    """(path, spec) of every pod spec (a mapping with `containers`) anywhere under ``node``."""
     if isinstance(node, dict):
         if isinstance(node.get("containers"), list):
-            yield node
-        for value in node.values():
-            yield from _pod_specs(value)
+            yield path, node
+            return
+        for key, value in node.items():
+            yield from _pod_specs(value, f"{path}.{key}" if path else key)
     elif isinstance(node, list):
-        for item in node:
-            yield from _pod_specs(item)
+        for i, item in enumerate(node):
+            yield from _pod_specs(item, f"{path}[{i}]")
+
+
+def pod_templates(docs: list[dict], tree: str = "") -> list[PodTemplate]:
+    """Every pod template in ``docs`` (the one walker the tests share)."""
+    pods = []
+    for doc in docs:
+        cluster = doc.get("spec", {}).get("rayClusterSpec", doc.get("spec", {}))
+        for path, spec in _pod_specs(doc):
+            role = "other"
+            if "headGroupSpec" in path:
+                role = "head"
+            elif "workerGroupSpecs" in path:
+                role = "worker"
+            containers = spec.get("initContainers", []) + spec["containers"]
+            if role == "head" and cluster.get("enableInTreeAutoscaling"):
+                options = cluster.get("autoscalerOptions", {})
+                autoscaler = {"name": "autoscaler", "resources": options.get("resources", {})}
+                if "securityContext" in options:
+                    autoscaler["securityContext"] = options["securityContext"]
+                containers = containers + [autoscaler]
+            where = f"{tree} {doc['kind']}/{doc['metadata']['name']} {path}".strip()
+            pods.append(PodTemplate(where, role, spec, containers))
+    return pods
+
+
+def _containers(doc: dict):
+    """The containers (and init containers) written in a document's pod templates."""
+    for pod in pod_templates([doc]):
+        yield from pod.spec.get("initContainers", []) + pod.spec["containers"]
 
 
 def _runtime_env(rayjob: dict) -> dict:
@@ -333,7 +407,7 @@ def test_ray_version_everywhere_equals_the_pin():
     pin = _pin("ray")
     assert re.search(rf"^ARG RAY_VERSION={re.escape(pin)}$", _dockerfile(), re.MULTILINE)
     assert re.search(
-        r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{VARIANT\}$",
+        r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{VARIANT\}\$\{BASE_DIGEST\}$",
         _dockerfile(),
         re.MULTILINE,
     )
@@ -356,7 +430,8 @@ def test_dockerfile_runs_as_the_non_root_ray_user_and_installs_the_project():
 
 @pytest.mark.parametrize("tree", OVERLAYS)
 def test_overlay_images_are_the_built_variant(tree):
-    variant = tree.rsplit("/", 1)[1]
+    # The CPU overlay runs the cpu build, the GPU one the Dockerfile's default CUDA build (cu128).
+    variant = "cpu" if tree.endswith("cpu") else _dockerfile_args()["VARIANT"]
     docs = rendered(tree)
     for doc in docs:
         if _group(doc) != "ray.io":
@@ -421,8 +496,12 @@ def test_the_mlflow_address_is_the_same_everywhere():
     assert load_config(REPO / "configs" / "cluster.yaml").tracking.uri == address
     env = _runtime_env(one(docs, "RayJob"))["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == address
-    # On a cluster the encoder comes from the Hub: offline mode must be off.
-    assert env["HF_HUB_OFFLINE"] == "0"
+    # The encoder is baked into the image: no pod may turn the Hub back on.
+    assert env["HF_HUB_OFFLINE"] == "1"
+    for doc in docs:
+        for container in _containers(doc):
+            values = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert values.get("HF_HUB_OFFLINE", "1") == "1", container["name"]
     for container in _containers(one(docs, "RayCluster")):
         values = {e["name"]: e.get("value") for e in container["env"]}
         assert values["MLFLOW_TRACKING_URI"] == address
@@ -461,12 +540,169 @@ def test_no_credentials_in_any_manifest(tree):
             assert not URI_WITH_PASSWORD.search(text), f"a URI with a password: {text}"
 
 
+# --------------------------------------------------------------------------- pods: /dev/shm,
+# ephemeral storage, Pod Security "restricted"
+
+
 @pytest.mark.parametrize("tree", TREES)
-def test_every_pod_runs_as_non_root(tree):
-    for doc in rendered(tree):
-        for pod in _pod_specs(doc):
-            assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
-            assert pod["securityContext"]["runAsUser"] != 0
+def test_shm_is_a_sized_memory_volume_on_every_ray_node(tree):
+    """Ray's object store lives in /dev/shm: a memory emptyDir at least as large as Ray's default
+    object store (30% of the container's memory) and smaller than the memory limit it counts in."""
+    nodes = [p for p in pod_templates(rendered(tree), tree) if p.role in ("head", "worker")]
+    assert len(nodes) == 4, [p.where for p in nodes]  # head + workers, in the RayJob and RayCluster
+    for pod in nodes:
+        ray = pod.spec["containers"][0]  # KubeRay's Ray container
+        mounts = {m["mountPath"]: m["name"] for m in ray.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts, f"{pod.where}: {ray['name']} mounts nothing at /dev/shm"
+        volume = {v["name"]: v for v in pod.spec.get("volumes", [])}[mounts["/dev/shm"]]
+        empty_dir = volume.get("emptyDir") or {}
+        assert empty_dir.get("medium") == "Memory", f"{pod.where}: /dev/shm is not in memory"
+        assert "sizeLimit" in empty_dir, f"{pod.where}: /dev/shm has no sizeLimit"
+        size, memory = (
+            quantity(empty_dir["sizeLimit"]),
+            quantity(ray["resources"]["limits"]["memory"]),
+        )
+        assert OBJECT_STORE_SHARE * memory <= size < memory, f"{pod.where}: /dev/shm {size:.3g} B"
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_security_every_container_bounds_its_ephemeral_storage(tree):
+    """Checkpoints, Ray's logs and spilled objects go to the node's disk: every container asks for
+    `ephemeral-storage` and is capped by a limit (a full node disk evicts everything on it)."""
+    for pod in pod_templates(rendered(tree), tree):
+        for container in pod.containers:
+            resources = container.get("resources", {})
+            sides = {
+                s: resources.get(s, {}).get("ephemeral-storage") for s in ("requests", "limits")
+            }
+            assert None not in sides.values(), f"{pod.where} {container['name']}: {sides}"
+            assert quantity(sides["requests"]) <= quantity(sides["limits"]), pod.where
+
+
+def restricted_violations(pod: PodTemplate) -> list[str]:
+    """What the Pod Security Standard "restricted" (which includes "baseline") refuses in ``pod``,
+    one line per problem naming the resource and the container; plus a non-zero runAsUser and
+    fsGroup set on the pod, which this project asks for on top."""
+    spec, pod_sc = pod.spec, pod.spec.get("securityContext") or {}
+    problems = [
+        f"{pod.where}: {key}" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)
+    ]
+    for volume in spec.get("volumes", []):
+        if not set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"{pod.where}: volume {volume['name']} is not an allowed type")
+    for key in ("runAsUser", "fsGroup"):
+        if not pod_sc.get(key):
+            problems.append(f"{pod.where}: pod securityContext.{key} is unset or 0")
+    for container in pod.containers:
+        sc = container.get("securityContext") or {}
+        seccomp = sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}
+        capabilities = sc.get("capabilities") or {}
+        checks = {
+            "runAsNonRoot is not true": sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+            is not True,
+            "runs as uid 0": sc.get("runAsUser", pod_sc.get("runAsUser")) == 0,
+            "seccompProfile is not RuntimeDefault/Localhost": seccomp.get("type")
+            not in ("RuntimeDefault", "Localhost"),
+            "allowPrivilegeEscalation is not false": sc.get("allowPrivilegeEscalation")
+            is not False,
+            'capabilities.drop lacks "ALL"': "ALL" not in capabilities.get("drop", []),
+            "adds capabilities": bool(set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}),
+            "is privileged": bool(sc.get("privileged")),
+            "uses a hostPort": any(p.get("hostPort") for p in container.get("ports", [])),
+        }
+        problems += [
+            f"{pod.where} container {container['name']}: {m}" for m, bad in checks.items() if bad
+        ]
+    return problems
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_security_every_pod_is_pod_security_restricted(tree):
+    docs = rendered(tree)
+    pods = pod_templates(docs, tree)
+    assert {p.role for p in pods} == {"head", "worker", "other"}
+    problems = [problem for pod in pods for problem in restricted_violations(pod)]
+    # KubeRay's default submitter pod (K8sJobMode) has no securityContext: the RayJob must give its own.
+    for rayjob in (d for d in docs if d["kind"] == "RayJob"):
+        spec = rayjob["spec"]
+        if (
+            spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"
+            and "submitterPodTemplate" not in spec
+        ):
+            problems.append(f"{tree} RayJob/{rayjob['metadata']['name']}: no submitterPodTemplate")
+    # The namespace makes the API server refuse any pod that is not (KubeRay's own included).
+    namespace = one(docs, "Namespace")["metadata"]
+    if namespace.get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+        problems.append(f"{tree} Namespace/{namespace['name']}: does not enforce restricted")
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "expect"),
+    [
+        (
+            "RayJob",
+            "/spec/rayClusterSpec/workerGroupSpecs/0/template/spec/containers/0/securityContext/capabilities",
+            'RayJob/codiemb-pipeline spec.rayClusterSpec.workerGroupSpecs[0].template.spec container ray-worker: capabilities.drop lacks "ALL"',
+        ),
+        (
+            "RayCluster",
+            "/spec/autoscalerOptions/securityContext",
+            "RayCluster/codiemb spec.headGroupSpec.template.spec container autoscaler: allowPrivilegeEscalation is not false",
+        ),
+        (
+            "Deployment",
+            "/spec/template/spec/securityContext/seccompProfile",
+            "Deployment/mlflow spec.template.spec container mlflow: seccompProfile is not RuntimeDefault/Localhost",
+        ),
+    ],
+)
+def test_security_check_names_the_resource_and_the_container(kind, path, expect):
+    doc = one(rendered("overlays/gpu"), kind)
+    assert [v for pod in pod_templates([doc]) for v in restricted_violations(pod)] == []
+    apply_json6902(doc, [{"op": "remove", "path": path}])
+    assert expect in [v for pod in pod_templates([doc]) for v in restricted_violations(pod)]
+
+
+def test_security_image_is_pinned_non_root_and_offline():
+    """k8s/Dockerfile: an exact base tag, torch pinned from an explicit CUDA (or CPU) index with
+    the driver it needs stated, a numeric non-root USER equal to the pods' runAsUser, and the
+    encoder baked in at build time with the Hub off at run time."""
+    from pipeline.config import load_config
+
+    text = _dockerfile_resolved()
+    base = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)[-1]
+    match = re.fullmatch(r"(?P<repo>[^:@]+):(?P<tag>[^@]+)(?P<digest>@sha256:[0-9a-f]{64})?", base)
+    assert match, f"FROM {base}: no tag"
+    tag = match["tag"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+-py\d+-(cpu|cu\d{3})", tag), f"FROM {base}: not an exact tag"
+    variant = tag.rsplit("-", 1)[1]
+    assert variant != "cpu", "the image's default build must be the GPU (CUDA) one"
+    torch = re.search(
+        r'^RUN\b.*"?torch==(?P<version>\d+\.\d+\.\d+)"?.*--index-url\s+"?'
+        r"https://download\.pytorch\.org/whl/(?P<index>[a-z0-9]+)\b",
+        text,
+        re.MULTILINE,
+    )
+    assert torch, "torch is not installed pinned from an explicit PyTorch index"
+    assert torch["index"] == variant, f"torch from {torch['index']}, base image {variant}"
+    makefile = (REPO / "Makefile").read_text()
+    assert f"torch=={torch['version']}" in makefile, "the image's torch differs from the Makefile's"
+    assert re.search(r"driver\b.*>=\s*\d{3}\.\d+", _dockerfile()), "the host driver is not stated"
+    user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)[-1].split(":")[0]
+    assert user.isdigit() and int(user) != 0, f"USER {user}: not a numeric non-root uid"
+    for tree in TREES:
+        for pod in pod_templates(rendered(tree), tree):
+            images = {_split_image(c["image"])[0] for c in pod.spec["containers"]}
+            if any(name.endswith("codiemb-ray") for name in images):
+                assert pod.spec["securityContext"]["runAsUser"] == int(user), pod.where
+    args = _dockerfile_args()
+    preset = load_config(REPO / "configs" / "cluster.yaml")
+    assert args.get("HF_MODEL") == preset.model.name_or_path, "the image bakes another model"
+    assert re.search(r"^RUN\b.*snapshot_download", text, re.MULTILINE), (
+        "no build step fetches the model"
+    )
+    assert re.search(r"^ENV\b.*\bHF_HUB_OFFLINE=1\b", text, re.MULTILINE), "HF_HUB_OFFLINE=1 unset"
 
 
 @pytest.mark.parametrize("tree", TREES)
