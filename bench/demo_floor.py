@@ -81,7 +81,7 @@ def task_texts(cfg: Config, task: str) -> Texts:
             texts += [(q, m.max_length_query, m.instruction_ir) for q in table["query"].to_pylist()]
             for column in ("positives", "negatives"):
                 texts += [
-                    (p, m.max_length_passage, "")
+                    (p, cfg.train.passage_length(m), "")
                     for passages in table[column].to_pylist()
                     for p in passages or []
                 ]
@@ -195,11 +195,11 @@ def fuse_scorings(cfg: Config) -> int:
 
 
 def models_scored(cfg: Config) -> int:
-    """Models the evaluate stage scores: base, every mode, and the chosen fused model or one per
+    """Models the evaluate stage scores: base, every mode (``eval.trained_models``), and the chosen fused model or one per
     fusion method (one whose weights equal an earlier model's, such as a greedy soup that kept one
     checkpoint, reuses its scores in the pipeline; the demo's chosen model is a new one)."""
     fused = 1 if cfg.eval.fused_models == "chosen" else len(cfg.fusion.methods)
-    return 1 + len(cfg.train.modes) + fused
+    return 1 + (len(cfg.train.modes) if cfg.eval.trained_models else 0) + fused
 
 
 # ---- FLOPs and rates ------------------------------------------------------------------------------
@@ -308,7 +308,9 @@ def stage_texts(cfg: Config) -> dict[str, list[tuple[str, float, Texts]]]:
         stages[f"train {mode}"] = [
             (kind, share, texts)
             for task, share in shares.items()
-            for kind, texts in by_kind(task_texts(cfg, task), passage, "train").items()
+            for kind, texts in by_kind(
+                task_texts(cfg, task), cfg.train.passage_length(cfg.model), "train"
+            ).items()
         ]
         evaluations = dev_evaluations(steps, cfg.train.eval_every)
         stages[f"train {mode}"] += [(kind, evaluations, texts) for kind, texts in dev.items()]
@@ -336,7 +338,9 @@ def measured_rates(
     of the benchmarks' (length-sorted into batches, as the evaluate stage does with a whole corpus:
     a draw of a few batches pads about as little)."""
     passage = cfg.model.max_length_passage
-    pools = by_kind(task_texts(cfg, "ir") + task_texts(cfg, "sts"), passage, "train")
+    pools = by_kind(
+        task_texts(cfg, "ir") + task_texts(cfg, "sts"), cfg.train.passage_length(cfg.model), "train"
+    )
     pools.update(by_kind(benchmark_texts(cfg), passage, "encode"))
     seed = cfg.run.seed
     rates = {}

@@ -6,10 +6,9 @@ python -m jobs.evaluate --config configs/reproduce.yaml model=runs/demo/final   
 
 from __future__ import annotations
 
-import sys
-
 from pipeline import storage
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.end_to_end import evaluate_folder
 from pipeline.eval.table import eval_markdown
 from pipeline.model.loading import resolve_model_path
@@ -33,4 +32,4 @@ def main(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(parse_cli(sys.argv[1:], description=__doc__))
+    run_main(main, description=__doc__)

@@ -11,12 +11,11 @@ each method's best variant and ``selection.json`` (every variant's dev objective
 
 from __future__ import annotations
 
-import sys
-
 import ray
 
 from pipeline import storage
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.end_to_end import (
     base_folder,
     dev_selection_scores,
@@ -50,4 +49,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_cli(sys.argv[1:], description=__doc__))
+    run_main(main, description=__doc__)

@@ -9,10 +9,10 @@ Reads ``<run dir>/prepared`` (run ``jobs.prepare`` first); writes ``<run dir>/mi
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.data.mining_stage import run_mining
 
 
@@ -41,4 +41,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(parse_cli(sys.argv[1:], description=__doc__))
+    run_main(main, description=__doc__, checks=("data", "run"))

@@ -12,12 +12,11 @@ killed job started again with the same run name picks up where it stopped.
 
 from __future__ import annotations
 
-import sys
-
 import ray
 
 from pipeline import storage
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.data.mining_stage import run_mining
 from pipeline.data.prepare import prepare_sources
 from pipeline.end_to_end import (
@@ -73,7 +72,8 @@ def main(cfg: Config) -> dict:
         chosen = next(n for n, f in fused.items() if f == chosen_folder)
         if cfg.eval.fused_models == "chosen":
             fused = {chosen: chosen_folder}
-        folders = {"base": base, **{m: d["best"] for m, d in trained.items()}, **fused}
+        modes = {m: d["best"] for m, d in trained.items()} if cfg.eval.trained_models else {}
+        folders = {"base": base, **modes, **fused}
         with clock.stage("evaluate"), stage_run("evaluate"):
             results = evaluate_models(cfg, folders)
             storage.write_json(storage.join(run_dir, "eval.json"), results)
@@ -113,7 +113,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cli(sys.argv[1:], description=__doc__))
-    except TrackingUnavailable as exc:
-        sys.exit(f"pipeline stopped before training: {exc}")
+    run_main(main, description=__doc__, known=(TrackingUnavailable,))

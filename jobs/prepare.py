@@ -10,11 +10,11 @@ skipped when the inputs have not changed.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.data.prepare import MANIFEST, BadDataError, prepare_sources
 
 
@@ -35,7 +35,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        main(parse_cli(description=__doc__))
-    except BadDataError as exc:
-        sys.exit(f"prepare stopped: {exc}")
+    run_main(main, description=__doc__, checks=("data", "run"), known=(BadDataError,))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ray
 
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.train.driver import train_mode
 
 
@@ -22,4 +23,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_cli(description=__doc__))
+    run_main(main, description=__doc__)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.config import Config, parse_cli
+from pipeline.cli import run_main
+from pipeline.config import Config
 from pipeline.tracking import (
     TrackingUnavailable,
     check_tracking,
@@ -39,10 +40,11 @@ def main(cfg: Config, *, force: bool = False) -> dict:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    try:
-        main(
-            parse_cli([a for a in argv if a != "--force"], description=__doc__),
-            force="--force" in argv,
-        )
-    except (TrackingUnavailable, UploadRefused) as exc:
-        sys.exit(f"upload stopped: {exc}")
+    run_main(
+        lambda cfg: main(cfg, force="--force" in argv),
+        [a for a in argv if a != "--force"],
+        description=__doc__,
+        checks=(),
+        known=(TrackingUnavailable, UploadRefused),
+        name="upload",
+    )

@@ -8,11 +8,12 @@ the key and the file it came from.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -36,6 +37,9 @@ class RunConfig(_Section):
     root: str = "runs"  # a local path or a URI pyarrow understands (s3://, gs://, file://)
     name: str = ""  # empty: the preset's name
     seed: int = 49
+    # the Ray cluster adds nodes on demand (KubeRay autoscaler): a CPU shortfall at submission is
+    # then no hang, and the start-up headroom check is skipped
+    autoscaling: bool = False
 
     @property
     def dir(self) -> str:
@@ -132,6 +136,11 @@ class LossConfig(_Section):
 
 class TrainConfig(_Section):
     mode: TrainMode = "joint"
+
+    def passage_length(self, model: ModelConfig) -> int:
+        """Where training cuts passages: ``max_length_passage``, else the model's (evaluation's)."""
+        return self.max_length_passage or model.max_length_passage
+
     modes: list[TrainMode] = Field(default_factory=lambda: ["joint"])  # trained by jobs.pipeline
     epochs: int = Field(1, gt=0)
     max_steps: int | None = None  # stop early (tests, smoke)
@@ -145,12 +154,14 @@ class TrainConfig(_Section):
     # encoder passes of a step run as length-sorted chunks of this many rows, each trimmed to its own
     # longest row (same embeddings, fewer pad tokens); 0 = one padded pass per batch
     bucket_rows: int = Field(16, ge=0)
+    # passages are cut here in training (None: model.max_length_passage, where evaluation cuts)
+    max_length_passage: int | None = Field(None, gt=0)
     ir_global_batch: int = Field(16, gt=0)  # queries per IR step, all workers together
     sts_global_batch: int = Field(32, gt=0)  # pairs per STS step, all workers together
     num_workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(0.5, gt=0.0)
-    # torch threads per worker; 0 = the node's cores / the workers on that node (one thread per core
-    # in every worker would oversubscribe the cores: Ray sets no thread count for fractional CPUs)
+    # torch threads per worker; 0 = the usable CPUs (the pod's limit) / the workers on that node, at
+    # most cpus_per_worker (Ray sets no thread count for fractional CPUs: torch would start one per core)
     threads_per_worker: int = Field(0, ge=0)
     use_gpu: bool = False
     bf16: bool = False
@@ -178,6 +189,12 @@ class EvalConfig(_Section):
     sort_by_length: bool = True
     corpus_chunk: int = Field(8192, gt=0)  # documents per chunk of the exact top-k
     fused_models: Literal["chosen", "all"] = "all"  # which fused models the evaluate stage scores
+    # score each trained mode's best checkpoint on every benchmark (false: base and fused models only;
+    # the modes' dev scores still come from training and appear in the report's dev table)
+    trained_models: bool = True
+    # bf16 autocast for every encode of dev scoring, evaluation and mining (CUDA runs that support
+    # it; float32 otherwise). One setting for all of them: the scores fusion compares are measured alike
+    bf16: bool = False
     held_out_tolerance: float = Field(
         1.0, ge=0.0
     )  # points the registered model may lose to the base
@@ -262,13 +279,16 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+    # set by load_config for start-up messages: the preset file, the keys set on the command line
+    _origin: tuple[str, frozenset[str]] = PrivateAttr(default=("", frozenset()))
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
-        if self.train.use_gpu is False and self.train.bf16:
-            raise ValueError(
-                "train.bf16=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
-            )
+        for key, asked in (("train.bf16", self.train.bf16), ("eval.bf16", self.eval.bf16)):
+            if asked and not self.train.use_gpu:
+                raise ValueError(
+                    f"{key}=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
+                )
         unknown = set(self.train.objective) - set(DEV_METRICS)
         if unknown or not any(w > 0 for w in self.train.objective.values()):
             raise ValueError(
@@ -363,6 +383,7 @@ def load_config(preset: str | Path, overrides: list[str] | None = None) -> Confi
         problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"{origin}: {problems}") from None
     cfg.preset = path.stem
+    cfg._origin = (str(path), frozenset(_dotted_keys(override_tree)))
     if not cfg.run.name:
         cfg.run.name = path.stem
     return cfg
@@ -398,8 +419,109 @@ def parse_cli(argv: list[str] | None = None, description: str = "") -> Config:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="a preset name or a YAML file in configs/")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print its traceback too (also CODIEMB_DEBUG=1)",
+    )
+    args = parser.parse_intermixed_args(argv)
     try:
         return load_config(args.config, args.overrides)
     except ConfigError as exc:
+        if args.debug:
+            raise
         parser.exit(2, f"config error: {exc}\n")
+
+
+# Start-up checks: a job runs them (pipeline.cli.startup_checks) before any work and before Ray
+# starts, so a wrong path fails in seconds with one line naming the key, where it was set, and the fix.
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def key_origin(cfg: Config, key: str) -> str:
+    """Where ``key``'s value came from, for messages: ``set on the command line`` or the preset file
+    (relative to the working directory when under it)."""
+    preset, overridden = cfg._origin
+    if key in overridden:
+        return "set on the command line"
+    if not preset:
+        return "the default"
+    path = Path(preset).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _shown(path: str) -> str:
+    """``path``, plus where it resolves to when it is relative (jobs may run in another folder)."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return f"{path} (= {os.path.abspath(path)})"
+
+
+def uses_data_root(cfg: Config) -> bool:
+    """Whether a data source or benchmark path is read from under ``data.root``."""
+    paths = [s.path for s in cfg.data.sources if s.format != "hf"]
+    paths += [b.path for b in cfg.eval.benchmarks if b.path and b.format != "ir_dev"]
+    return any("://" not in p and not os.path.isabs(p) for p in paths)
+
+
+def check_data_root(cfg: Config) -> None:
+    """``ConfigError`` when ``data.root`` is read from (see ``uses_data_root``) but is not there; a
+    URI is looked up through ``pipeline.storage``."""
+    if not uses_data_root(cfg):
+        return
+    from pipeline import storage
+
+    root = cfg.data.root
+    where = f"data.root {_shown(root)} ({key_origin(cfg, 'data.root')})"
+    fix = (
+        "point data.root at your copy of the public datasets (README, 'Data'), "
+        "e.g. data.root=../shared/data"
+    )
+    try:
+        found = storage.exists(root)
+    except Exception as exc:  # a URI whose store cannot be reached or is unknown
+        raise ConfigError(f"{where} cannot be read ({type(exc).__name__}: {exc}): {fix}") from exc
+    if not found:
+        raise ConfigError(f"{where} does not exist: {fix}")
+    if "://" not in root and not os.path.isdir(root):
+        raise ConfigError(f"{where} is a file, not a folder: {fix}")
+
+
+def check_run_root(cfg: Config) -> None:
+    """``ConfigError`` unless the run directory ``<run.root>/<run.name>`` can be created and written
+    (a local one gets a probe file, removed at once; on a URI the folder is created)."""
+    from pipeline import storage
+
+    root = cfg.run.root
+    where = f"run.root {_shown(root)} ({key_origin(cfg, 'run.root')})"
+    fix = "point run.root at a folder you can write, e.g. run.root=runs"
+    local = storage.local_path(cfg.run.dir)
+    try:
+        if local is None:
+            storage.makedirs(cfg.run.dir)
+            return
+        blocker = next((p for p in (Path(local), *Path(local).parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(
+                f"{where} cannot be written: {blocker} is a file, not a folder: {fix}"
+            )
+        os.makedirs(local, exist_ok=True)
+        with tempfile.TemporaryFile(dir=local):
+            pass
+    except ConfigError:
+        raise
+    except Exception as exc:
+        reason = (
+            f"{exc.strerror}: {exc.filename}"
+            if isinstance(exc, OSError) and exc.strerror
+            else f"{type(exc).__name__}: {exc}"
+        )
+        raise ConfigError(f"{where} cannot be written ({reason}): {fix}") from exc

@@ -15,6 +15,7 @@ from pipeline import storage
 from pipeline.config import Config
 from pipeline.eval.benchmarks import run_benchmarks
 from pipeline.fusion.stream import check_finite, weights_digest
+from pipeline.inference import inference_device, on_inference_device, precision_label
 from pipeline.model.encoder import Encoder
 from pipeline.model.loading import resolve_model_path
 from pipeline.model.save import save_pretrained_st
@@ -28,14 +29,29 @@ def _weights_digest(folder: str) -> str:
     return storage.file_sha256(storage.join(folder, "model.safetensors"))
 
 
-def recorded_dev_objective(folder: str) -> float | None:
+def recorded_dev_objective(folder: str, precision: str) -> float | None:
     """The dev objective training measured for a checkpoint folder (its ``train_state.json``), or None
-    when it recorded none."""
+    when it recorded none or measured it in another precision than ``precision`` (a label of
+    :func:`pipeline.inference.precision_label`): such a score is not compared with this one's."""
     state = storage.join(folder, META)
     if not storage.exists(state):
         return None
-    value = storage.read_json(state).get("metrics", {}).get("dev_objective")
-    return None if value is None else float(value)
+    metrics = storage.read_json(state).get("metrics", {})
+    value = metrics.get("dev_objective")
+    if value is None or metrics.get("dev_precision") != precision:
+        return None
+    return float(value)
+
+
+def _scoring_precision(use_gpu: bool, bf16: bool) -> str:
+    return precision_label(inference_device(use_gpu), bf16)
+
+
+def scoring_precision(cfg: Config) -> str:
+    """The precision label of the fuse and evaluate stages' encodes, read where they run."""
+    return on_inference_device(
+        cfg.train.use_gpu, _scoring_precision, cfg.train.use_gpu, cfg.eval.bf16
+    )
 
 
 def base_folder(cfg: Config) -> str:
@@ -133,7 +149,9 @@ def dev_evaluator(cfg: Config) -> Callable[[str], dict[str, float]]:
     m = cfg.model
 
     def evaluate(folder: str) -> dict[str, float]:
-        encoder = Encoder.from_pretrained(storage.fetch(folder), device="cpu")
+        encoder = Encoder.from_pretrained(
+            storage.fetch(folder), device=inference_device(cfg.train.use_gpu), bf16=cfg.eval.bf16
+        )
         return evaluate_dev(
             encoder,
             dev,
@@ -149,6 +167,11 @@ def dev_evaluator(cfg: Config) -> Callable[[str], dict[str, float]]:
     return evaluate
 
 
+def dev_scores(cfg: Config, folder: str) -> dict[str, float]:
+    """One model folder's dev metrics, on the inference device (a GPU task on a GPU run)."""
+    return on_inference_device(cfg.train.use_gpu, dev_evaluator(cfg), folder)
+
+
 def dev_scorer(cfg: Config) -> Callable[[str], float]:
     """``folder -> dev objective`` (``train.objective`` over STS and IR dev)."""
     evaluate = dev_evaluator(cfg)
@@ -162,8 +185,9 @@ def fuse_checkpoints(
     ``<run dir>/fuse``), choosing on dev; returns ``selection.json`` and the chosen fused folder.
 
     A candidate trained in this run directory keeps the dev score its training recorded (same dev
-    data and objective), so only the fused models are scored here; ``fusion.paths`` folders may
-    come from runs with other dev data, so they are scored again."""
+    data and objective) when training measured it in this stage's precision, so only the fused
+    models are scored here; ``fusion.paths`` folders may come from runs with other dev data, so they
+    are scored again. On a GPU run the task holds a GPU and scores there."""
     import ray
 
     from pipeline.fusion.remote import fuse_and_select_remote
@@ -177,15 +201,17 @@ def fuse_checkpoints(
         cfg.train.dev_ir_pool,
         cfg.train.objective,
     )
-    recorded = {
-        folder: recorded_dev_objective(folder)
-        for folder in candidates.values()
-        if cfg.fusion.candidates != "paths"
-    }
     done = cached(out, digest)
     if done is None:
+        precision = scoring_precision(cfg)
+        recorded = {
+            folder: recorded_dev_objective(folder, precision)
+            for folder in candidates.values()
+            if cfg.fusion.candidates != "paths"
+        }
+        gpus = 1 if cfg.train.use_gpu else 0
         best, _, folder = ray.get(
-            fuse_and_select_remote.options(num_cpus=cfg.fusion.num_cpus).remote(
+            fuse_and_select_remote.options(num_cpus=cfg.fusion.num_cpus, num_gpus=gpus).remote(
                 base,
                 list(candidates.values()),
                 out,
@@ -200,10 +226,19 @@ def fuse_checkpoints(
 
 
 def evaluate_folder(cfg: Config, folder: str) -> dict[str, dict[str, float]]:
-    """One model folder on every benchmark of ``eval.benchmarks``: benchmark -> metric -> value."""
+    """One model folder on every benchmark of ``eval.benchmarks``: benchmark -> metric -> value;
+    on a GPU run in a Ray task holding a GPU (see ``pipeline.inference``)."""
+    return on_inference_device(cfg.train.use_gpu, _evaluate_here, cfg, folder)
+
+
+def _evaluate_here(cfg: Config, folder: str) -> dict[str, dict[str, float]]:
     m = cfg.model
     encoder = Encoder.from_pretrained(
-        storage.fetch(folder), pooling=m.pooling, normalize=m.normalize
+        storage.fetch(folder),
+        pooling=m.pooling,
+        normalize=m.normalize,
+        device=inference_device(cfg.train.use_gpu),
+        bf16=cfg.eval.bf16,
     )
     return run_benchmarks(
         encoder,
@@ -232,7 +267,11 @@ def evaluate_models(cfg: Config, folders: dict[str, str]) -> dict[str, dict[str,
         out = storage.join(storage.absolute(cfg.run.dir), "eval", "models", name.replace(":", "-"))
         weights = weights_digest(storage.fetch(folder))  # the tensors, however they were written
         digest = input_hash(
-            _weights_digest(folder), benchmarks, m.model_dump(), cfg.eval.batch_size
+            _weights_digest(folder),
+            benchmarks,
+            m.model_dump(),
+            cfg.eval.batch_size,
+            {"use_gpu": cfg.train.use_gpu, "bf16": cfg.eval.bf16},
         )
         done = cached(out, digest)
         if done is None and weights in scored:

@@ -11,7 +11,8 @@ ARTIFACTS = ("report.md", "tradeoff.png", "eval.json", "final/model.safetensors"
 
 def assert_smoke_run_outputs(run_dir: Path) -> dict:
     """The report, plot, results, final model and MLflow store exist, ``eval.json`` scores the base
-    and the joint model on STS dev, and the report checks the held-out benchmark; returns
+    and the joint model on STS dev, the final model keeps the preset's passage length, and the
+    report checks the held-out benchmark; returns
     ``eval.json``."""
     for artifact in ARTIFACTS:
         assert (run_dir / artifact).is_file(), artifact
@@ -20,6 +21,9 @@ def assert_smoke_run_outputs(run_dir: Path) -> dict:
     assert any(name.startswith("fused:") for name in results)
     assert 0.0 < abs(results["joint"]["stsb-dev"]["spearman"]) <= 100.0
     assert 0.0 <= results["base"]["trecqa-dev"]["ndcg@10"] <= 100.0
+    # the registered model truncates passages where training and evaluation did (smoke: 64 tokens)
+    st_config = json.loads((run_dir / "final" / "sentence_bert_config.json").read_text())
+    assert st_config["max_seq_length"] == 64
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "## Held-out benchmarks" in report and "vs base on trecqa-dev nDCG@10" in report
     return results

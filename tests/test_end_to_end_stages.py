@@ -48,12 +48,22 @@ def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
 
 def test_recorded_dev_objective_comes_from_the_checkpoint_state(tmp_path):
     folder = weights_folder(tmp_path / "best", 1.0)
-    assert end_to_end.recorded_dev_objective(folder) is None
-    state = {"step": 9, "metrics": {"dev_objective": 81.5, "loss": 0.3}}
-    (tmp_path / "best" / "train_state.json").write_text(json.dumps(state))
-    assert end_to_end.recorded_dev_objective(folder) == 81.5
+    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
+    metrics = {"dev_objective": 81.5, "dev_precision": "cpu-fp32", "loss": 0.3}
+    (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": metrics}))
+    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") == 81.5
     (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": {}}))
-    assert end_to_end.recorded_dev_objective(folder) is None
+    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
+
+
+def test_device_recorded_dev_objective_in_another_precision_is_not_compared(tmp_path):
+    """A score training measured in bf16 on a GPU is not set beside fused variants scored in fp32."""
+    folder = weights_folder(tmp_path / "best", 1.0)
+    metrics = {"dev_objective": 81.5, "dev_precision": "cuda-bf16"}
+    (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": metrics}))
+    assert end_to_end.recorded_dev_objective(folder, "cuda-bf16") == 81.5
+    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
+    assert end_to_end.recorded_dev_objective(folder, "cuda-fp32") is None
 
 
 def test_ray_run_folder_changes_with_the_training_settings(tmp_path):

@@ -137,11 +137,13 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     # the job's progress reaches the submitter, without a line per report of every training worker
     assert "[pipeline] train done in" in log and "[train] 2 workers" in log, log[-3000:]
     assert "Reporting training result" not in log
+    assert "[train joint] step " in log and " left" in log  # the progress line of rank 0
+    assert "Loading weights" not in log  # transformers' bar, once per worker
     assert_smoke_run_outputs(root / "smoke")
     # fusion takes each candidate's dev score from training: scoring the saved folder again agrees
     cfg = load_config("smoke", [f"run.root={root}", f"data.root={DATA}"])
     best = json.loads((root / "smoke" / "train" / "joint" / "done.json").read_text())["best"]
-    recorded = end_to_end.recorded_dev_objective(best)
+    recorded = end_to_end.recorded_dev_objective(best, end_to_end.scoring_precision(cfg))
     assert recorded is not None
     assert end_to_end.dev_scorer(cfg)(best) == pytest.approx(recorded, abs=1e-6)
 

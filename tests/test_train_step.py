@@ -149,15 +149,3 @@ def test_length_buckets_give_the_padded_step(batches, tiny_model_path, task):
     assert bucketed_losses == pytest.approx(padded_losses, rel=1e-5)
     for name, grad in padded_grads.items():
         torch.testing.assert_close(bucketed_grads[name], grad, atol=1e-6, rtol=1e-3)
-
-
-def test_worker_threads_share_the_node_cores():
-    import os
-
-    from pipeline.train.loop import worker_threads
-
-    cores = len(os.sched_getaffinity(0))
-    assert worker_threads(3, local_workers=2) == 3  # asked for: kept
-    assert worker_threads(0, local_workers=1) == cores
-    assert worker_threads(0, local_workers=cores) == 1
-    assert worker_threads(0, local_workers=4 * cores) == 1  # never 0

@@ -13,15 +13,15 @@ Run it again with the same ``tune.name`` after the driver died and it resumes th
 from __future__ import annotations
 
 import math
-import sys
 
 import ray
 
 from pipeline import storage
-from pipeline.config import Config, ConfigError, parse_cli, with_absolute_paths
+from pipeline.cli import run_main
+from pipeline.config import Config, ConfigError, with_absolute_paths
 from pipeline.data.mining_stage import run_mining
 from pipeline.data.prepare import prepare_sources
-from pipeline.end_to_end import base_folder, dev_evaluator, fuse_checkpoints
+from pipeline.end_to_end import base_folder, dev_scores, fuse_checkpoints
 from pipeline.tracking import (
     TrackingUnavailable,
     log_artifact,
@@ -47,7 +47,7 @@ def fuse_best(cfg: Config, folder: str, best: list) -> dict | None:
     selection, fused_folder = fuse_checkpoints(
         cfg, base_folder(cfg), candidates, out=storage.join(folder, "fuse")
     )
-    dev = dev_evaluator(cfg)(fused_folder)
+    dev = dev_scores(cfg, fused_folder)
     return {
         "name": f"fused:{selection['best']}",
         "folder": fused_folder,
@@ -99,7 +99,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cli(sys.argv[1:], description=__doc__))
-    except (TrackingUnavailable, ConfigError, SweepFailed) as exc:
-        sys.exit(f"sweep stopped: {exc}")
+    run_main(main, description=__doc__, known=(TrackingUnavailable, SweepFailed))

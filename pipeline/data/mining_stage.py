@@ -26,6 +26,7 @@ from pipeline.data.beir import load_qrels, load_split
 from pipeline.data.mining import dev_slice, mine_negatives, split_dev_queries
 from pipeline.data.mining_retrieval import Method, Retriever, TextEncoder, build_retriever
 from pipeline.data.prepare import load_manifest
+from pipeline.inference import on_inference_device
 
 DEV_FILE = "ir_dev.json"
 STATS_FILE = "stats.json"
@@ -227,17 +228,25 @@ def _settings(cfg: Config) -> dict[str, Any]:
 
 
 def _load_encoder(cfg: Config):
+    from pipeline.inference import inference_device
     from pipeline.model.encoder import Encoder
     from pipeline.model.loading import resolve_model_path
 
     path = resolve_model_path(cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden)
     print(f"[mine] encoder {cfg.model.name_or_path} -> {path}")
-    return Encoder.from_pretrained(path, pooling=cfg.model.pooling, normalize=True)
+    return Encoder.from_pretrained(
+        path,
+        pooling=cfg.model.pooling,
+        normalize=True,
+        device=inference_device(cfg.train.use_gpu),
+        bf16=cfg.eval.bf16,
+    )
 
 
 def run_mining(cfg: Config) -> dict[str, Any]:
     """The mining stage of a run: ``<run dir>/prepared``'s IR shards -> ``<run dir>/mined``
-    (skipped when inputs and settings are unchanged); returns ``stats.json``."""
+    (skipped when inputs and settings are unchanged); returns ``stats.json``. Dense mining on a GPU
+    run encodes in a Ray task holding a GPU (``pipeline.inference``)."""
     prepared = storage.join(cfg.run.dir, "prepared")
     out_dir = storage.join(cfg.run.dir, "mined")
     manifest = load_manifest(prepared)
@@ -260,7 +269,10 @@ def run_mining(cfg: Config) -> dict[str, Any]:
         for name, entry in manifest["sources"].items()
         if entry["task"] == "ir"
     ]
-    return mine_sources(
+    encodes = cfg.mining.method != "bm25" or cfg.mining.margin is not None
+    return on_inference_device(  # dense mining on a GPU run: in a task holding a GPU
+        cfg.train.use_gpu and encodes,
+        mine_sources,
         sources,
         out_dir=out_dir,
         digest=digest,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 
+from pipeline import storage
 from pipeline.model.tokenize import tokenize
 from pipeline.storage import filesystem
 
@@ -76,7 +77,7 @@ def count_batches(
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(storage.fetch(path))  # a URI: copied to this node
 
 
 def _token_columns(name: str, enc: dict[str, list[list[int]]], with_pool: bool) -> dict:

@@ -2,7 +2,7 @@
 
 Trainable (``forward`` on token tensors, optional gradient checkpointing, middle-layer embeddings for
 MidNCE) and usable for inference (``encode`` on strings: batches sorted by length, original order
-restored, ``torch.inference_mode``; float32 on CPU, bf16 autocast on CUDA).
+restored, ``torch.inference_mode``; float32, or bf16 autocast on a CUDA device when asked for).
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ def _first_given(*values):
     return next(value for value in values if value is not None)
 
 
+def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
+    """The autocast dtype of inference on ``device``: bf16 only when asked for, on CUDA, and where
+    the GPU supports it (``torch.cuda.is_bf16_supported()``); otherwise None (float32)."""
+    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 class Encoder(nn.Module):
     """Backbone -> pooling -> (L2 normalisation); one embedding per text."""
 
@@ -64,6 +72,7 @@ class Encoder(nn.Module):
         normalize: bool = True,
         max_seq_length: int = 512,
         name_or_path: str = "",
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -74,6 +83,7 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.max_seq_length = max_seq_length
         self.name_or_path = name_or_path
+        self.bf16 = bf16  # bf16 autocast in ``encode`` (on a CUDA device that supports it)
 
     @classmethod
     def from_pretrained(
@@ -83,8 +93,12 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
         gradient_checkpointing: bool = False,
         device: str | torch.device | None = None,
+        bf16: bool = False,
+        max_seq_length: int | None = None,
     ) -> Encoder:
-        """Load a Hugging Face or sentence-transformers folder (weights in float32).
+        """Load a Hugging Face or sentence-transformers folder (weights in float32); ``encode``
+        runs in float32 unless ``bf16`` asks for bf16 autocast (CUDA only, see :func:`autocast_dtype`).
+        ``max_seq_length`` replaces the folder's (what a saved copy truncates at when served).
 
         A sentence-transformers folder's own head wins: its ``1_Pooling`` mode and its ``Normalize``
         module (the weights were trained with them); a contradicting argument only gets a warning.
@@ -111,8 +125,11 @@ class Encoder(nn.Module):
             tokenizer,
             pooling=_first_given(settings.pooling, pooling, "mean"),
             normalize=_first_given(settings.normalize, normalize, True),
-            max_seq_length=settings.max_seq_length or min(tokenizer.model_max_length, positions),
+            max_seq_length=max_seq_length
+            or settings.max_seq_length
+            or min(tokenizer.model_max_length, positions),
             name_or_path=path,
+            bf16=bf16,
         )
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return encoder.to(
@@ -161,9 +178,8 @@ class Encoder(nn.Module):
         return embeddings, self._finish(states[len(states) // 2], attention_mask, pool_mask)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        dtype = autocast_dtype(self.device, self.bf16)
+        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
     def encode(
         self,

@@ -18,7 +18,6 @@ from pipeline.data.prepare import prepared_shards
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
 from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
 from pipeline.eval.benchmarks import load_ir, load_sts
-from pipeline.model.loading import resolve_model_path
 from pipeline.stage_cache import input_hash
 from pipeline.train.dev import DevData
 from pipeline.train.loop import TrainSettings, train_loop_per_worker
@@ -75,6 +74,7 @@ def train_settings(
         alpha=cfg.sampler.alpha,
     )
     return TrainSettings(
+        mode=mode,
         model_path=model_path,
         schedule=schedule,
         global_batch={"ir": t.ir_global_batch, "sts": t.sts_global_batch},
@@ -92,6 +92,8 @@ def train_settings(
         bf16=t.bf16,
         bucket_rows=t.bucket_rows,
         threads_per_worker=t.threads_per_worker,
+        cpus_per_worker=t.cpus_per_worker,
+        eval_bf16=cfg.eval.bf16,
         loss=LossSettings(**cfg.loss.model_dump()),
         dev=dev_data(cfg),
         eval_every=t.eval_every,
@@ -117,7 +119,7 @@ def task_datasets(
         shards,
         tokenizer_path=model_path,
         max_length_query=m.max_length_query,
-        max_length_passage=m.max_length_passage,
+        max_length_passage=cfg.train.passage_length(m),
         max_length_sts=m.max_length_sts,
         instruction_ir=m.instruction_ir,
         instruction_sts=m.instruction_sts,
@@ -137,10 +139,12 @@ def build_trainer(
     """The ``TorchTrainer`` of one mode: Ray Data shards, the worker settings, checkpoints kept by
     ``train.checkpoint_metric``. A trainer built again with the same ``(storage_path, name)`` resumes
     that run from its latest checkpoint (Ray Train V2)."""
+    from pipeline.end_to_end import base_folder
+
     tasks = TRAIN_MODE_TASKS[mode]
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    # the base model published under the run dir, which every node can read (a path the driver
+    # resolved, e.g. the tiny model built in its /tmp, exists on the driver's node only)
+    model_path = base_folder(cfg)
     shards = training_shards(cfg, tasks)
     global_batch = {"ir": cfg.train.ir_global_batch, "sts": cfg.train.sts_global_batch}
     counts = count_batches(shards, {t: global_batch[t] for t in tasks})
@@ -150,6 +154,7 @@ def build_trainer(
             f"{c.global_batch}, {c.dropped} left over per epoch"
         )
     settings = train_settings(cfg, mode, model_path, {t: c.batches for t, c in counts.items()})
+    check_eval_every(cfg, mode, settings.total_steps())
     datasets = task_datasets(cfg, shards, model_path)
     return TorchTrainer(
         train_loop_per_worker,
@@ -180,9 +185,10 @@ def check_data_headroom(
 ) -> None:
     """Fail fast unless a cluster of ``total_cpus`` keeps one whole CPU free beside
     ``concurrent_runs`` trainers: Ray Data's file-listing task asks for 1 CPU, and without it every
-    run waits forever (no error)."""
+    run waits forever (no error). GPU runs too (a 4-vCPU GPU VM with ``cpus_per_worker: 4`` hangs);
+    skipped when ``run.autoscaling`` says the cluster can add nodes."""
     per_run = cfg.train.num_workers * cfg.train.cpus_per_worker + per_run_extra
-    if cfg.train.use_gpu or total_cpus - concurrent_runs * per_run >= 1.0:
+    if cfg.run.autoscaling or total_cpus - concurrent_runs * per_run >= 1.0:
         return
     raise ConfigError(
         f"{concurrent_runs} run(s) x {cfg.train.num_workers} workers x "
@@ -190,6 +196,20 @@ def check_data_headroom(
         f"{total_cpus:g} CPUs to Ray Data, which then never reads: lower train.cpus_per_worker, "
         "train.num_workers or tune.max_concurrent_trials"
     )
+
+
+def check_eval_every(cfg: Config, mode: str, total_steps: int) -> None:
+    """Fail at start-up when ``train.eval_every`` cannot fire before a run's last step while
+    ``train.keep_top_k`` asks to rank several checkpoints: only the final one would be scored (the
+    step count follows from the data size, batch sizes and world size, so a preset cannot know it)."""
+    every, keep = cfg.train.eval_every, cfg.train.keep_top_k
+    if every and every >= total_steps and keep > 1:
+        raise ConfigError(
+            f"train.eval_every={every} never fires before the end of the {mode} run "
+            f"({total_steps} steps), so train.keep_top_k={keep} would rank the final checkpoint "
+            f"alone: set train.eval_every below {total_steps} (e.g. {max(1, total_steps // 4)}), "
+            "or train.keep_top_k=1"
+        )
 
 
 def training_inputs_hash(cfg: Config, mode: str) -> str:

@@ -23,9 +23,11 @@ import torch
 from pipeline import storage
 from pipeline.data.batches import SingleTaskBatches, per_worker_batches, timed
 from pipeline.data.schedule import TaskSchedule
+from pipeline.inference import precision_label
 from pipeline.model.encoder import Encoder
 from pipeline.train.dev import DevData, evaluate_dev
 from pipeline.train.optim import build_optimizer, build_scheduler
+from pipeline.train.progress import ProgressLine
 from pipeline.train.state import (
     Position,
     load_rng_state,
@@ -34,6 +36,7 @@ from pipeline.train.state import (
     save_training_state,
 )
 from pipeline.train.step import DDP_OPTIONS, LossSettings, train_step
+from pipeline.train.threads import dev_threads, worker_threads
 
 
 class InjectedFault(RuntimeError):
@@ -44,7 +47,8 @@ class InjectedFault(RuntimeError):
 class TrainSettings:
     """Everything a worker needs; built by the driver (see ``pipeline.train.driver``)."""
 
-    model_path: str
+    mode: str  # the training mode (joint, ir_only, ...), for the progress line
+    model_path: str  # the base model folder under the run dir (a local path or a URI)
     schedule: TaskSchedule  # epoch 0's schedule; later epochs via ``for_epoch``
     global_batch: dict[str, int]  # per task, all workers together
     epochs: int = 1
@@ -62,7 +66,11 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     bf16: bool = False
     bucket_rows: int = 16  # rows per length bucket of an encoder pass; 0 = one padded pass
-    threads_per_worker: int = 0  # torch threads; 0 = this node's cores / the workers on it
+    threads_per_worker: int = 0  # torch threads; 0 = usable CPUs / workers on the node, <= reserved
+    cpus_per_worker: float = 1.0  # the worker's Ray reservation (caps its threads)
+    eval_bf16: bool = (
+        False  # bf16 autocast in the dev evaluation (CUDA only; see pipeline.inference)
+    )
     loss: LossSettings = field(default_factory=LossSettings)
     dev: DevData | None = None
     eval_every: int = 0  # 0: only at the end
@@ -87,14 +95,15 @@ class TrainSettings:
         return min(steps, self.max_steps) if self.max_steps else steps
 
 
-def _dev_metrics(encoder: Encoder, s: TrainSettings, world_size: int) -> dict[str, float]:
-    """Dev metrics on rank 0, using the threads the other (waiting) workers leave idle."""
+def _dev_metrics(encoder: Encoder, s: TrainSettings, local_workers: int) -> dict:
+    """Dev metrics on rank 0, using the threads the other (waiting) workers of its node leave idle,
+    with the precision label they were measured in (``dev_precision``)."""
     if s.dev is None:
         return {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(threads * world_size)
+    torch.set_num_threads(dev_threads(threads, local_workers))
     try:
-        return evaluate_dev(
+        return {"dev_precision": precision_label(encoder.device, s.eval_bf16)} | evaluate_dev(
             encoder,
             s.dev,
             max_length_query=s.max_length_query,
@@ -115,15 +124,6 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def worker_threads(requested: int, local_workers: int) -> int:
-    """Torch threads for one worker: ``requested``, or (0) this node's cores shared by its
-    ``local_workers``. Ray sets no thread count for a fractional CPU reservation, so torch would start
-    one thread per core in every worker (two workers on two cores: four threads)."""
-    if requested:
-        return requested
-    return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
-
-
 def _maybe_fail(s: TrainSettings, step: int) -> None:
     if s.fail_at_step is None or step != s.fail_at_step:
         return
@@ -138,10 +138,15 @@ def quiet_report_log() -> None:
     """Silence Ray Train's INFO line for every ``ray.train.report`` of every worker ("Reporting
     training result N: TrainingReport(...)", the whole metrics dict each step): its logger is named
     by its file path, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*`` names,
-    does not reach it. Its warnings and errors still show."""
+    does not reach it. Its warnings and errors still show. Also transformers' per-worker load report
+    and progress bar."""
+    import transformers
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    # each worker loading the encoder would print transformers' weight-loading bar and report
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -150,15 +155,19 @@ def train_loop_per_worker(config: dict) -> None:
     quiet_report_log()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(worker_threads(s.threads_per_worker, ctx.get_local_world_size()))
+    local_workers = ctx.get_local_world_size()
+    torch.set_num_threads(worker_threads(s.threads_per_worker, local_workers, s.cpus_per_worker))
     torch.manual_seed(s.seed)
     device = ray.train.torch.get_device()
     encoder = Encoder.from_pretrained(
-        s.model_path,
+        storage.fetch(s.model_path),  # the run dir's base model, copied to this node
         pooling=s.pooling,
         normalize=s.normalize,
         gradient_checkpointing=s.gradient_checkpointing,
         device=device,
+        bf16=s.eval_bf16,
+        # saved checkpoints (and the registered pyfunc) truncate passages where evaluation does
+        max_seq_length=s.max_length_passage,
     )
     model = ray.train.torch.prepare_model(
         encoder, move_to_device=False, parallel_strategy_kwargs=DDP_OPTIONS
@@ -184,6 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
             f"start at step {position.step}"
         )
 
+    progress = ProgressLine(s.mode, total, start_step=position.step)
     shards = {task: ray.train.get_dataset_shard(task) for task in s.schedule.num_batches}
     per_worker = per_worker_batches(s.global_batch, world)
     pad_id = encoder.tokenizer.pad_token_id
@@ -215,6 +225,9 @@ def train_loop_per_worker(config: dict) -> None:
                 bucket_rows=s.bucket_rows,
             )
             step = global_step + 1
+            line = progress.update(step, task, metrics["loss"]) if rank == 0 else None
+            if line:
+                print(line, flush=True)
             metrics.update(step=step, epoch=epoch, task=task, peak_rss_mb=peak_rss_mb())
             metrics["data_wait_s"] = data_wait_s  # getting the batch, before train_step
             ir_batch = batch.get("ir", batch) if task != "sts" else {}
@@ -223,7 +236,8 @@ def train_loop_per_worker(config: dict) -> None:
             evaluate = step == total or (s.eval_every and step % s.eval_every == 0)
             if evaluate:
                 metrics.update(
-                    total_steps=total, **(_dev_metrics(encoder, s, world) if rank == 0 else {})
+                    total_steps=total,
+                    **(_dev_metrics(encoder, s, local_workers) if rank == 0 else {}),
                 )
             if evaluate or (s.checkpoint_every and step % s.checkpoint_every == 0):
                 _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
