@@ -7,7 +7,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -125,10 +127,30 @@ def copy_dir(src: str, dst: str, skip: Iterable[str] = ()) -> None:
     if exists(dst):
         dst_fs.delete_dir(dst_inner)
     dst_fs.create_dir(dst_inner, recursive=True)
-    for info in src_fs.get_file_info(pafs.FileSelector(src_inner, recursive=True)):
-        if info.type != pafs.FileType.File or any(fnmatch.fnmatch(info.base_name, p) for p in skip):
-            continue
-        target = dst_inner + "/" + info.path[len(src_inner) :].lstrip("/")
+    files = [
+        info
+        for info in _files_under(src_fs, src_inner)
+        if not any(fnmatch.fnmatch(info.base_name, p) for p in skip)
+    ]
+    _copy_files(files, src_fs, src_inner, dst_fs, dst_inner)
+
+
+def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Every file below ``folder`` (recursively)."""
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return [info for info in infos if info.type == pafs.FileType.File]
+
+
+def _copy_files(
+    files: list[pafs.FileInfo],
+    src_fs: pafs.FileSystem,
+    src_folder: str,
+    dst_fs: pafs.FileSystem,
+    dst_folder: str,
+) -> None:
+    """Copy ``files`` (below ``src_folder``) to the same relative paths below ``dst_folder``."""
+    for info in files:
+        target = dst_folder + "/" + info.path[len(src_folder) :].lstrip("/")
         dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(info.path, target, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
@@ -151,20 +173,88 @@ def publish_dir(built: str, path: str) -> None:
         copy_dir(built, path)
 
 
+FETCH_MARKER = ".fetch-complete"  # written last beside a cached copy: the copy is complete
+FETCH_CACHE_GB = 10.0  # the fetch cache's default cap on each node ($CODIEMB_FETCH_CACHE_GB)
+FETCH_IN_USE_S = 3600.0  # a copy used this recently may still be read: it is never evicted
+
+
 def fetch(path: str) -> str:
     """A path on this node's disk with the contents of ``path`` (a file or a folder): ``path``
-    itself on a local disk, else a fresh download (nothing assumes a disk shared between nodes)."""
+    itself on a local disk, else a copy in this node's fetch cache (nothing assumes a disk shared
+    between nodes). A copy is reused while the files of ``path`` keep their names, sizes and
+    modification times; the cache is bounded (:func:`_evict`)."""
     local = local_path(path)
     if local is not None:
         return local
-    fs, inner = filesystem(path)
-    folder = _node_folder("fetch", path)
-    if fs.get_file_info(inner).type == pafs.FileType.File:
-        os.makedirs(folder, exist_ok=True)
-        target = os.path.join(folder, inner.rsplit("/", 1)[-1])
-        pafs.copy_files(
-            inner, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
-        )
+    fs, inner = filesystem(path.rstrip("/"))
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    is_file = info.type == pafs.FileType.File
+    files = [info] if is_file else _files_under(fs, inner)
+    version = [fs.type_name, inner, *((f.path, f.size, f.mtime_ns) for f in files)]
+    cache = os.path.join(tempfile.gettempdir(), "codiemb-fetch")
+    entry = os.path.join(cache, hashlib.sha256(json.dumps(version).encode()).hexdigest()[:16])
+    target = os.path.join(entry, info.base_name)  # the copy, named as the source
+    try:
+        os.utime(os.path.join(entry, FETCH_MARKER))  # complete: reuse it, now most recently used
         return target
-    copy_dir(path, folder)
-    return folder
+    except FileNotFoundError:
+        pass
+    os.makedirs(cache, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".fetching-", dir=cache)
+    try:
+        if not is_file:
+            os.mkdir(os.path.join(staging, info.base_name))  # an empty folder is a folder too
+        parent = inner.rsplit("/", 1)[0]
+        _copy_files(files, fs, parent, pafs.LocalFileSystem(), staging)
+        with open(os.path.join(staging, FETCH_MARKER), "w") as handle:
+            json.dump({"uri": path}, handle)
+        _install(staging, entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # what is left of a download cut short
+    _evict(cache, keep=entry)
+    return target
+
+
+def _install(staging: str, entry: str) -> None:
+    """Move a finished download into place (one rename: never seen half-written). A complete copy
+    that another process put there first wins; a folder without its marker is replaced."""
+    marker = os.path.join(entry, FETCH_MARKER)
+    if os.path.isdir(entry) and not os.path.exists(marker):
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.rename(staging, entry)
+    except OSError:
+        if not os.path.exists(marker):
+            raise
+
+
+def _evict(cache: str, keep: str) -> None:
+    """Delete the least recently used copies until the cache holds at most
+    ``$CODIEMB_FETCH_CACHE_GB`` (default :data:`FETCH_CACHE_GB`), sparing ``keep`` and every copy
+    used in the last :data:`FETCH_IN_USE_S` seconds (``fetch`` cannot know when its caller is done
+    reading). Folders without a marker (downloads of killed processes) count and go the same way."""
+    cap = float(os.environ.get("CODIEMB_FETCH_CACHE_GB", FETCH_CACHE_GB)) * 1e9
+    folders = sorted((*_usage(e.path), e.path) for e in os.scandir(cache) if e.is_dir())
+    total = sum(size for _, size, _ in folders)
+    recent = time.time() - FETCH_IN_USE_S
+    for last_used, size, folder in folders:
+        if total <= cap:
+            return
+        if folder != keep and last_used < recent:
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+
+
+def _usage(folder: str) -> tuple[float, int]:
+    """When a cached folder was last used (its marker's time; without a marker, its newest file's,
+    as a download in progress keeps writing) and its size in bytes."""
+    try:
+        stats = [os.stat(os.path.join(d, n)) for d, _, names in os.walk(folder) for n in names]
+        marker = os.path.join(folder, FETCH_MARKER)
+        newest = max([os.stat(folder).st_mtime, *(s.st_mtime for s in stats)])
+        last_used = os.stat(marker).st_mtime if os.path.exists(marker) else newest
+    except FileNotFoundError:  # evicted meanwhile by another process
+        return 0.0, 0
+    return last_used, sum(s.st_size for s in stats)

@@ -103,6 +103,15 @@ class TrialRow:
         return asdict(self)
 
 
+def _checkpoint_uri(result: tune.Result, path: Any) -> str:
+    """A checkpoint path as Tune reports it (Ray's ``Checkpoint.path``, inside its filesystem:
+    ``bucket/...`` for ``s3://bucket/...``) as a URI ``pipeline.storage`` opens. The trial's Train
+    run lies under the sweep folder, on the result's filesystem."""
+    if not isinstance(path, str) or not path:  # a report without one (NaN in the dataframe)
+        return ""
+    return storage.uri_of(result.filesystem, path)
+
+
 def trial_rows(results, cfg: Config) -> list[TrialRow]:
     """The trials of a finished ``ResultGrid``, baseline first, then by objective (best first)."""
     baseline = baseline_params(cfg)
@@ -126,7 +135,7 @@ def trial_rows(results, cfg: Config) -> list[TrialRow]:
             row.dev_sts = float(best.get("dev_sts_spearman", math.nan))
             row.dev_ir = float(best.get("dev_ir_ndcg@10", math.nan))
             row.objective = float(best[OBJECTIVE])
-            row.checkpoint = str(best.get("checkpoint_path", ""))
+            row.checkpoint = _checkpoint_uri(result, best.get("checkpoint_path"))
         if result.error is not None:
             row.status = f"error: {type(result.error).__name__}"
         elif row.steps and row.steps < row.total_steps:
