@@ -3,8 +3,8 @@
     python bench/gpu_step.py --out runs/bench/gpu_step.json                        # one CUDA device
     python bench/gpu_step.py --device cpu --quick --out /tmp/gpu_step.json         # tiny shapes, CPU
 
-Plain torch: no Ray, no MLflow anywhere in the import chain (the GPU machine has neither, nor
-pydantic, so ``pipeline.config`` is not imported either). For each model shape (all-MiniLM-L6-v2's
+Plain torch: no Ray, MLflow or pyarrow anywhere in the import chain (the GPU machine has no Ray,
+MLflow or pydantic, so ``pipeline.config`` is not imported either). For each model shape (all-MiniLM-L6-v2's
 and BERT-base's, random weights from a ``BertConfig``, SDPA attention) and each step kind it times:
 
 - ``ours``: ``pipeline.train.step.train_step`` (bf16 autocast on CUDA), AdamW and the linear schedule
@@ -32,9 +32,9 @@ counted. MFU = FLOPs / step time / the device's matrix-product rate, measured he
 
 Padding: ours runs each encoder pass as length-sorted buckets of ``--bucket-rows`` rows, each trimmed
 to its longest row (``pipeline.model.buckets``; 0 = one dynamically padded pass, as
-sentence-transformers does). Not implemented: varlen attention, compiled kernels, CUDA graphs. This module also holds the interleaved-timing
-and reporting helpers that ``bench/train_throughput.py`` and ``bench/encode_throughput.py`` share
-(it has the lightest import chain of the three).
+sentence-transformers does). Not implemented: varlen attention, compiled kernels, CUDA graphs. The
+interleaved timing and the report come from ``bench/timing.py``; sentence-transformers 3.x to 6.x
+are supported (its losses moved to ``sentence_transformers.sentence_transformer.losses`` in 6).
 """
 
 from __future__ import annotations
@@ -44,12 +44,8 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import os
-import platform
-import statistics
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import storage  # noqa: E402
+from bench.timing import OURS, THEIRS, compare, finish, machine, no_sync, rates, time_window  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402
 from pipeline.model.save import save_pretrained_st  # noqa: E402
@@ -67,7 +63,6 @@ from pipeline.model.tokenize import pad  # noqa: E402
 from pipeline.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from pipeline.train.step import LossSettings, train_step  # noqa: E402
 
-OURS, THEIRS = "ours", "sentence-transformers"
 SHAPES = {  # BertConfig fields of each model shape
     "minilm-l6": {
         "hidden_size": 384,
@@ -117,90 +112,6 @@ QUICK_BATCHES = {
     "ir": BatchShape(rows=4, passages=3, min_len=16, max_len=48),
     "sts": BatchShape(rows=8, min_len=4, max_len=12),
 }
-
-
-# ---- timing and reporting (shared by the bench scripts) -------------------------------------------
-
-
-def _no_sync() -> None:
-    """CPU work is done when the call returns."""
-
-
-def time_window(
-    step: Callable[[], object], steps: int, sync: Callable[[], None] = _no_sync
-) -> float:
-    """Seconds for ``steps`` calls of ``step``; ``sync`` runs before each clock read (CUDA is
-    asynchronous: pass ``torch.cuda.synchronize`` there)."""
-    sync()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return time.perf_counter() - started
-
-
-def compare(
-    steps: Mapping[str, Callable[[], object]],
-    *,
-    warmup: int,
-    windows: int,
-    per_window: int = 1,
-    sync: Callable[[], None] = _no_sync,
-) -> dict[str, list[float]]:
-    """Seconds of ``windows`` timed windows of ``per_window`` calls for every system in ``steps``,
-    after ``warmup`` untimed calls each. The windows are interleaved (a, b, a, b, ...), so background
-    load on a shared machine hits every system alike."""
-    for step in steps.values():
-        time_window(step, warmup, sync)
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(windows):
-        for name, step in steps.items():
-            seconds[name].append(time_window(step, per_window, sync))
-    return seconds
-
-
-def rates(seconds: Sequence[float], work: Mapping[str, float]) -> dict[str, float]:
-    """Median over the windows of each unit of ``work`` (done per window) per second, as
-    ``"<unit>/s"``, and the median window in ``"seconds"``."""
-    row = {
-        f"{unit}/s": statistics.median(amount / s for s in seconds) for unit, amount in work.items()
-    }
-    row["seconds"] = statistics.median(seconds)
-    return row
-
-
-def _cpu_name() -> str:
-    """The processor's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    """What the numbers were measured on: processor or GPU, threads, library versions."""
-    import sentence_transformers
-    import transformers
-
-    return {
-        "device": str(device),
-        "name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-    }
-
-
-def finish(report: dict, table: str, out: str, label: str = f"{OURS} / {THEIRS}") -> dict:
-    """Print ``table`` and the headline ratio (``label`` says of what), write ``report`` as JSON to
-    ``out``; return it."""
-    print(table)
-    print(f"\nratio {label}: {report['ratio']:.3f}")
-    storage.write_json(out, report)
-    print(f"wrote {out}")
-    return report
 
 
 # ---- sentence-transformers' training step ---------------------------------------------------------
@@ -301,10 +212,14 @@ class Systems:
         """Load ``folder`` (a sentence-transformers folder) into both; ``options``: the remaining
         fields (``settings``, ``grad_clip``, ``bf16``, ``bucket_rows``)."""
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.sentence_transformer.losses import (
-            CoSENTLoss,
-            MultipleNegativesRankingLoss,
-        )
+
+        try:  # sentence-transformers >= 6
+            from sentence_transformers.sentence_transformer.losses import (
+                CoSENTLoss,
+                MultipleNegativesRankingLoss,
+            )
+        except ImportError:  # 3.x to 5.x
+            from sentence_transformers.losses import CoSENTLoss, MultipleNegativesRankingLoss
 
         ours = Encoder.from_pretrained(folder, device=device)
         optimizer = build_optimizer(ours, lr=lr, weight_decay=weight_decay)
@@ -400,7 +315,7 @@ def our_masks(task: str, batch: dict) -> list[torch.Tensor]:
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
     """Measured dense matrix-product rate (TFLOP/s) of an ``n x n @ n x n`` product."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -505,7 +420,7 @@ def measure_shape(
         bf16=device.type == "cuda",
         bucket_rows=args.bucket_rows,
     )
-    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
     rng = np.random.default_rng(args.seed)
     rows = {}
     for task, make in (("ir", ir_batches), ("sts", sts_batches)):
@@ -550,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matmul-n", type=int, default=0, help="size of the peak-rate product")
-    parser.add_argument("--out", required=True, help="JSON file (local path or URI)")
+    parser.add_argument("--out", required=True, help="JSON file (a URI needs pyarrow)")
     args = parser.parse_args(argv)
     if args.quick:
         args.warmup, args.ir_steps, args.sts_steps = 1, 1, 2

@@ -39,8 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu_step import finish, machine, rates, time_window  # noqa: E402
 from bench.ray_runs import bench_config, ray_session, task_medians, train_run  # noqa: E402
+from bench.timing import finish, machine, rates, time_window  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data.batches import SingleTaskBatches  # noqa: E402

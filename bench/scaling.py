@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu_step import SHAPES, finish, machine, time_window  # noqa: E402
+from bench.gpu_step import SHAPES  # noqa: E402
 from bench.ray_runs import bench_config, ray_session, task_medians, train_run  # noqa: E402
+from bench.timing import finish, machine, time_window  # noqa: E402
 from pipeline.config import with_overrides  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.losses import multi_positive_info_nce  # noqa: E402

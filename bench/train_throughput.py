@@ -42,7 +42,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu_step import OURS, THEIRS, Systems, compare, finish, machine, rates, token_counts  # noqa: E402
+from bench.gpu_step import Systems, token_counts  # noqa: E402
+from bench.timing import OURS, THEIRS, compare, finish, machine, rates  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.config import Config, SourceConfig, load_config  # noqa: E402
 from pipeline.data.batches import collate_ir, collate_sts  # noqa: E402
