@@ -56,15 +56,21 @@ def scoring_precision(cfg: Config) -> str:
 
 def base_folder(cfg: Config) -> str:
     """The pre-trained encoder θ_0 re-saved in this project's layout (same tensor names as every
-    checkpoint, so fusion can pair them): ``<run dir>/base``."""
+    checkpoint, so fusion can pair them), truncating at ``model.max_length_passage`` as evaluation
+    does: ``<run dir>/base``. Training workers load it from there (every node can read the run dir)."""
     out = storage.join(storage.absolute(cfg.run.dir), "base")
     source = resolve_model_path(
         cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
     )
-    digest = input_hash(source, cfg.model.pooling, cfg.model.normalize)
+    m = cfg.model
+    digest = input_hash(source, m.pooling, m.normalize, m.max_length_passage)
     if cached(out, digest) is None:
-        encoder = Encoder.from_pretrained(
-            source, pooling=cfg.model.pooling, normalize=cfg.model.normalize, device="cpu"
+        encoder = Encoder.from_pretrained(  # fused models copy its files: they truncate alike
+            source,
+            pooling=m.pooling,
+            normalize=m.normalize,
+            device="cpu",
+            max_seq_length=m.max_length_passage,
         )
         built = storage.build_dir(out)
         shutil.rmtree(built, ignore_errors=True)

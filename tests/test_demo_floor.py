@@ -18,19 +18,21 @@ from pipeline.data.prepare import prepared_shards  # noqa: E402
 
 
 def test_fuse_scorings_count_every_variant_once():
-    demo = load_config("demo")
+    reproduce = load_config("reproduce")
     # delta p=1,2 + soup + task arithmetic λ=0.5,1 + ties; greedy soup's one trial is the soup
-    assert demo_floor.fuse_scorings(demo) == 6
-    three = load_config("demo", ["fusion.modes=[sts_only,ir_only,joint]"])
+    assert demo_floor.fuse_scorings(reproduce) == 6
+    three = load_config("reproduce", ["fusion.modes=[sts_only,ir_only,joint]"])
     assert demo_floor.fuse_scorings(three) == 6 + 2  # two trial mixtures, neither the soup of all
-    assert demo_floor.fuse_scorings(load_config("demo", ["fusion.methods=[delta]"])) == 2
-    paths = load_config("demo", ["fusion.candidates=paths", "fusion.paths=[a,b]"])
+    assert demo_floor.fuse_scorings(load_config("reproduce", ["fusion.methods=[delta]"])) == 2
+    paths = load_config("reproduce", ["fusion.candidates=paths", "fusion.paths=[a,b]"])
     assert demo_floor.fuse_scorings(paths) == 6 + 2  # folders from elsewhere are scored again
 
 
 def test_models_scored_follow_eval_fused_models():
-    assert demo_floor.models_scored(load_config("demo")) == 1 + 4 + 1
-    assert demo_floor.models_scored(load_config("demo", ["eval.fused_models=all"])) == 1 + 4 + 5
+    assert demo_floor.models_scored(load_config("reproduce")) == 1 + 4 + 1
+    assert demo_floor.models_scored(load_config("reproduce", ["eval.fused_models=all"])) == 1 + 4 + 5
+    # the quick demo: base and the registered model on test; joint's dev scores come from training
+    assert demo_floor.models_scored(load_config("demo")) == 2
 
 
 def test_dev_evaluations_every_k_steps_and_at_the_end():

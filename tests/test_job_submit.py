@@ -138,7 +138,6 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     assert "[pipeline] train done in" in log and "[train] 2 workers" in log, log[-3000:]
     assert "Reporting training result" not in log
     assert "[train joint] step " in log and " left" in log  # the progress line of rank 0
-    assert "Loading weights" not in log  # transformers' bar, once per worker
     assert_smoke_run_outputs(root / "smoke")
     # fusion takes each candidate's dev score from training: scoring the saved folder again agrees
     cfg = load_config("smoke", [f"run.root={root}", f"data.root={DATA}"])
