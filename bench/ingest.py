@@ -1,7 +1,7 @@
 """The Ray Data path alone against what training consumes, and the data wait of a real run.
 
-    .venv/bin/python bench/ingest.py --train-steps 40 --out bench/results/ingest-cpu.json  # demo
-    .venv/bin/python bench/ingest.py --metrics runs/demo/train/joint/metrics.jsonl --out ...
+    .venv/bin/python bench/ingest.py --train-steps 40 --out bench/results/ingest-cpu.json  # reproduce preset
+    .venv/bin/python bench/ingest.py --metrics runs/reproduce/train/joint/metrics.jsonl --out ...
     .venv/bin/python bench/ingest.py --quick --run-quick --out /tmp/ingest.json     # smoke preset
 
 - Ingest: the datasets the trainer is given (``pipeline.train.driver.task_datasets``: read the mined
@@ -107,7 +107,7 @@ def ingest_rates(cfg: Config, tasks: Iterable[str], windows: int, per_window: in
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo", help="a preset name or YAML path")
+    parser.add_argument("--config", default="reproduce", help="a preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows")
     parser.add_argument(

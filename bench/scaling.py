@@ -1,7 +1,7 @@
 """Ray Train with 1 and 2 workers on this machine, the IR gather's share of the step, and the
 gather's traffic at 8 and 64 workers (an estimate).
 
-    .venv/bin/python bench/scaling.py --out bench/results/scaling-cpu.json   # demo's data, 30 steps
+    .venv/bin/python bench/scaling.py --out bench/results/scaling-cpu.json   # the reproduce preset's data, 30 steps
     .venv/bin/python bench/scaling.py --quick --out /tmp/scaling.json        # smoke preset, 8 steps
 
 - Train: the ``joint`` mode for ``--steps`` steps with 1, then 2 workers at the same global batches,
@@ -174,7 +174,7 @@ def thread_probe(env: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo", help="a preset name or YAML path")
+    parser.add_argument("--config", default="reproduce", help="a preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--quick", action="store_true", help="the smoke preset, few steps")
     parser.add_argument("--steps", type=int, default=30, help="training steps per worker count")

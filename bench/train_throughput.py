@@ -2,9 +2,9 @@
 
     python bench/train_throughput.py --out bench/results/train_throughput-cpu.json
     python bench/train_throughput.py --quick --out /tmp/train_throughput.json       # < 1 minute
-    python bench/train_throughput.py --config demo train.ir_global_batch=8 --out ...  # overrides
+    python bench/train_throughput.py --config reproduce train.ir_global_batch=8 --out ...  # overrides
 
-Same model (the config's, all-MiniLM-L6-v2 for ``demo``), same records, same batch sizes and max
+Same model (the config's, all-MiniLM-L6-v2 for ``reproduce``), same records, same batch sizes and max
 lengths (the config's global batches, held by one process), two step kinds:
 
 - IR: SciFact train queries, each with its first positive and ``mining.num_negatives`` hard negatives
@@ -166,7 +166,7 @@ def checked_work(task: str, batches) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo", help="a preset name or YAML path")
+    parser.add_argument("--config", default="reproduce", help="a preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--quick", action="store_true", help="small batches, fewer steps (< 1 min)")
     parser.add_argument("--mined", default="", help="mine-stage folder (default <run dir>/mined)")

@@ -12,6 +12,8 @@ killed job started again with the same run name picks up where it stopped.
 
 from __future__ import annotations
 
+import time
+
 import ray
 
 from pipeline import storage
@@ -29,6 +31,7 @@ from pipeline.end_to_end import (
     train_modes,
 )
 from pipeline.report import write_report
+from pipeline.report.summary import run_summary
 from pipeline.report.training import plot_dev_curves, training_notes
 from pipeline.stage_cache import StageClock
 from pipeline.tracking import (
@@ -45,6 +48,7 @@ from pipeline.tracking.metrics import log_training_metrics
 
 
 def main(cfg: Config) -> dict:
+    started = time.monotonic()
     run_dir = cfg.run.dir
     uri = resolve_tracking_uri(cfg.tracking.uri, run_dir)
     # fail fast, before any training; with tracking.required=false track offline instead
@@ -108,7 +112,19 @@ def main(cfg: Config) -> dict:
             plot_dev_curves({m: d["metrics"] for m, d in trained.items()}, paths["dev_curves"])
             for path in paths.values():
                 log_artifact(path)
-    print(f"[pipeline] report: {paths['report']}\n[pipeline] final model: {final}")
+    print(
+        run_summary(
+            run_name=cfg.run.name,
+            seconds=time.monotonic() - started,
+            report=paths["report"],
+            final=final,
+            registry=registration.message,
+            results=results,
+            registered=chosen,
+            kinds={b.name: b.kind for b in cfg.eval.benchmarks},
+        ),
+        flush=True,
+    )
     return {"results": results, "chosen": chosen, "final": final, "times": clock.times}
 
 

@@ -28,6 +28,7 @@ from pipeline.config import (
     parse_cli,
 )
 from pipeline.errors import UserFacingError
+from pipeline.model.loading import quiet_transformers
 
 __all__ = ["UserFacingError", "debug_requested", "run_main", "startup_checks"]
 
@@ -82,6 +83,8 @@ def run_main(
     try:
         cfg = parse_cli(argv, description=description)
         startup_checks(cfg, checks)
+        if not debug:
+            quiet_transformers()
         return main(cfg)
     except (UserFacingError, ConfigError, *known) as exc:
         if debug:

@@ -30,7 +30,9 @@ def test_fuse_scorings_count_every_variant_once():
 
 def test_models_scored_follow_eval_fused_models():
     assert demo_floor.models_scored(load_config("reproduce")) == 1 + 4 + 1
-    assert demo_floor.models_scored(load_config("reproduce", ["eval.fused_models=all"])) == 1 + 4 + 5
+    assert (
+        demo_floor.models_scored(load_config("reproduce", ["eval.fused_models=all"])) == 1 + 4 + 5
+    )
     # the quick demo: base and the registered model on test; joint's dev scores come from training
     assert demo_floor.models_scored(load_config("demo")) == 2
 

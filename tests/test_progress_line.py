@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.train.progress import ProgressLine, format_duration
+from pipeline.progress import EncodeProgress, ProgressLine, format_duration
 
 
 class FakeClock:
@@ -39,3 +39,17 @@ def test_durations_read_as_a_person_says_them():
     assert format_duration(45) == "45 s"
     assert format_duration(8 * 60 + 10) == "8 min"
     assert format_duration(65 * 60) == "1 h 05 min"
+
+
+def test_an_encode_prints_its_rate_and_time_left_then_a_closing_line():
+    clock, lines = FakeClock(), []
+    progress = EncodeProgress(
+        "[eval] scifact-test", every_s=30, clock=clock, echo=lambda s, **_: lines.append(s)
+    )
+    for done in [*range(64, 5183, 64), 5183]:  # 81 batches of up to 64 texts, 2 s each
+        clock.now += 2.0
+        progress.update(done, 5183)
+    progress.finish(5183)
+    assert lines[0] == "[eval] scifact-test: 960/5183 texts | 32.0 texts/s | 2 min left"
+    assert len(lines) == 5 + 1  # at 30, 60, ..., 150 s, then the closing line
+    assert lines[-1] == "[eval] scifact-test: 5183 texts encoded in 162.0 s (32.0 texts/s)"

@@ -36,6 +36,7 @@ from pipeline.eval.geometry import geometry_metrics
 from pipeline.eval.ir import RunningTopK, build_run, ir_metrics
 from pipeline.eval.sts import sts_scores
 from pipeline.model.encoder import Encoder
+from pipeline.progress import EncodeProgress
 
 TOP_K = 100  # documents kept per query: enough for Recall@100 (MAP is over these)
 STS_POSITIVE = 0.8  # normalised gold at or above which an STS pair counts as positive (alignment)
@@ -72,6 +73,8 @@ class EmbeddingMemo:
         self.encoder = encoder
         self.max_rows = max_rows
         self._rows: dict[tuple[int, str, str], np.ndarray] = {}
+        self.encoded = 0  # texts actually put through the encoder
+        self.progress: EncodeProgress | None = None  # told after each batch of an encode
 
     def encode(
         self, texts: Sequence[str], *, max_length: int, instruction: str = "", **kwargs
@@ -85,9 +88,11 @@ class EmbeddingMemo:
                 [text for _, _, text in missing],
                 max_length=max_length,
                 instruction=instruction,
+                progress=self.progress.update if self.progress else None,
                 **kwargs,
             )
             fresh = dict(zip(missing, embeddings, strict=True))
+            self.encoded += len(missing)
         if len(self._rows) + len(fresh) <= self.max_rows:
             self._rows.update(fresh)
         if not keys:
@@ -324,7 +329,8 @@ def run_benchmarks(
     instruction_sts: str = "",
 ) -> dict[str, dict[str, float]]:
     """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order
-    (a text shared by several benchmarks is encoded once, see ``EmbeddingMemo``)."""
+    (a text shared by several benchmarks is encoded once, see ``EmbeddingMemo``); prints each
+    benchmark's encoding progress every 30 s and its texts, seconds and texts/s at the end."""
     for bench in benchmarks:
         if bench.format not in FORMATS[bench.kind]:
             raise ValueError(
@@ -334,7 +340,8 @@ def run_benchmarks(
     results: dict[str, dict[str, float]] = {}
     memo = EmbeddingMemo(encoder)
     for bench in benchmarks:
-        started = time.perf_counter()
+        memo.progress = EncodeProgress(f"[eval] {bench.name}")
+        encoded = memo.encoded
         if bench.kind == "sts":
             results[bench.name] = evaluate_sts(
                 memo,
@@ -358,6 +365,6 @@ def run_benchmarks(
                 sort_by_length=sort_by_length,
                 corpus_chunk=corpus_chunk,
             )
-        seconds = time.perf_counter() - started
-        print(f"[eval] {bench.name}: done in {seconds:.1f} s")
+        memo.progress.finish(memo.encoded - encoded)
+    memo.progress = None
     return results

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -189,8 +189,10 @@ class Encoder(nn.Module):
         instruction: str = "",
         batch_size: int = 64,
         sort_by_length: bool = True,
+        progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` -> float32 [N, D] in input order (batches formed longest-first when sorting)."""
+        """Embed ``texts`` -> float32 [N, D] in input order (batches formed longest-first when sorting);
+        ``progress(done, total)`` is called after each batch."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         features = tokenize(self.tokenizer, list(texts), max_length, instruction)
@@ -216,5 +218,7 @@ class Encoder(nn.Module):
                 )
                 batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
                 out[rows] = self(**batch).float().cpu().numpy()
+                if progress is not None:
+                    progress(start + len(rows), len(ids))
         self.train(was_training)
         return out

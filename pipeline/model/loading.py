@@ -142,3 +142,16 @@ def resolve_model_path(name_or_path: str, tiny_layers: int = 2, tiny_hidden: int
         return build_tiny_model(cache, layers=tiny_layers, hidden=tiny_hidden, kind=kind)
     check_model_source(name_or_path)  # a clear error instead of transformers' "Repo id must be..."
     return name_or_path
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' load report (a table of unused keys, e.g. the pooler this project drops)
+    and its per-load progress bars out of a job's console; its errors still show. Also through the
+    environment, so the Ray workers of a local cluster started afterwards (fusion, evaluation
+    tasks) inherit it; a value the user set wins."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

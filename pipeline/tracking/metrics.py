@@ -8,6 +8,10 @@ import math
 from pipeline import storage
 from pipeline.tracking.mlflow_run import log_metrics
 
+# the step is MLflow's x axis; checkpoint_rank is Ray Train's ranking key (a copy of the dev
+# metric, or a sentinel for checkpoints without one), not a measurement
+NOT_LOGGED = {"step", "checkpoint_rank"}
+
 
 def log_training_metrics(metrics_path: str, *, prefix: str = "") -> int:
     """Log every numeric metric of every step as ``<prefix><name>``; returns the steps logged."""
@@ -20,7 +24,7 @@ def log_training_metrics(metrics_path: str, *, prefix: str = "") -> int:
             if isinstance(v, int | float)
             and not isinstance(v, bool)
             and math.isfinite(v)
-            and k != "step"
+            and k not in NOT_LOGGED
         }
         log_metrics(numeric, step=int(row["step"]))
     return len(rows)

@@ -4,6 +4,7 @@ data, and one ``TorchTrainer.fit()`` per training mode. ``jobs.train`` and the p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
 from pipeline.eval.benchmarks import load_ir, load_sts
 from pipeline.stage_cache import input_hash
 from pipeline.train.dev import DevData
-from pipeline.train.loop import TrainSettings, train_loop_per_worker
+from pipeline.train.loop import CHECKPOINT_RANK, TrainSettings, train_loop_per_worker
 from pipeline.train.metrics_log import MetricsLog
 from pipeline.train.state import TRAINING_ONLY_FILES
 from pipeline.train.step import LossSettings
@@ -99,6 +100,7 @@ def train_settings(
         eval_every=t.eval_every,
         checkpoint_every=t.checkpoint_every,
         objective=t.objective,
+        checkpoint_metric=t.checkpoint_metric,
         eval_batch_size=cfg.eval.batch_size,
         max_length_query=m.max_length_query,
         max_length_passage=m.max_length_passage,
@@ -113,7 +115,10 @@ def train_settings(
 def task_datasets(
     cfg: Config, shards: dict[str, list[str]], model_path: str
 ) -> dict[str, ray.data.Dataset]:
-    """The tokenised Ray Dataset of every task in ``shards``, as the trainer gets them."""
+    """The tokenised Ray Dataset of every task in ``shards``, as the trainer gets them. Ray Data's
+    progress bars are off: the split coordinator redrew every operator's bar for each split into the
+    job log, and the training progress line already says how far the run is."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
     m = cfg.model
     return build_task_datasets(
         shards,
@@ -169,7 +174,7 @@ def build_trainer(
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_top_k,
-                checkpoint_score_attribute=cfg.train.checkpoint_metric,
+                checkpoint_score_attribute=CHECKPOINT_RANK,  # train.checkpoint_metric where scored
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
@@ -196,6 +201,19 @@ def check_data_headroom(
         f"{total_cpus:g} CPUs to Ray Data, which then never reads: lower train.cpus_per_worker, "
         "train.num_workers or tune.max_concurrent_trials"
     )
+
+
+def set_train_console_env(cfg: Config, nodes: int) -> None:
+    """Ray Train settings for a console a person reads, through the variables Ray Train copies from
+    the driver to its controller and workers (a value already set by the user wins):
+
+    - ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``: the patch sends each worker's ``print`` through Ray
+      Train's logger as well, so every progress line reached the console twice;
+    - ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`` on a one-node cluster that cannot add nodes: there is
+      no other node to lose, and the watcher actor's start logs a ``core_worker`` error line."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if nodes == 1 and not cfg.run.autoscaling:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def check_eval_every(cfg: Config, mode: str, total_steps: int) -> None:
@@ -243,6 +261,7 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     out_dir = storage.join(run_dir, "train", mode)
     metrics_path = storage.join(out_dir, "metrics.jsonl")
     check_data_headroom(cfg, ray.cluster_resources().get("CPU", 0.0))
+    set_train_console_env(cfg, nodes=sum(1 for node in ray.nodes() if node["Alive"]))
     trainer = build_trainer(
         cfg,
         mode,

@@ -25,9 +25,10 @@ from pipeline.data.batches import SingleTaskBatches, per_worker_batches, timed
 from pipeline.data.schedule import TaskSchedule
 from pipeline.inference import precision_label
 from pipeline.model.encoder import Encoder
+from pipeline.model.loading import quiet_transformers
+from pipeline.progress import ProgressLine
 from pipeline.train.dev import DevData, evaluate_dev
 from pipeline.train.optim import build_optimizer, build_scheduler
-from pipeline.train.progress import ProgressLine
 from pipeline.train.state import (
     Position,
     load_rng_state,
@@ -37,6 +38,12 @@ from pipeline.train.state import (
 )
 from pipeline.train.step import DDP_OPTIONS, LossSettings, train_step
 from pipeline.train.threads import dev_threads, worker_threads
+
+# What Ray Train ranks checkpoints by (keep_top_k): the dev metric ``train.checkpoint_metric`` where
+# the step was evaluated, else UNSCORED, below any dev score (those lie in [-100, 100]). A checkpoint
+# report without the ranked key made Ray log an error for every checkpoint_every checkpoint.
+CHECKPOINT_RANK = "checkpoint_rank"
+UNSCORED = -1000.0
 
 
 class InjectedFault(RuntimeError):
@@ -78,6 +85,7 @@ class TrainSettings:
         0  # checkpoints between evaluations too (no dev score); 0: at evals only
     )
     objective: dict[str, float] | None = None  # weights of the dev objective (None: plain mean)
+    checkpoint_metric: str = "dev_objective"  # the dev metric that ranks checkpoints
     eval_batch_size: int = 64
     max_length_query: int = 64
     max_length_passage: int = 256
@@ -140,13 +148,10 @@ def quiet_report_log() -> None:
     by its file path, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*`` names,
     does not reach it. Its warnings and errors still show. Also transformers' per-worker load report
     and progress bar."""
-    import transformers
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
-    # each worker loading the encoder would print transformers' weight-loading bar and report
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()  # each worker loading the encoder printed its load report and bar
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -240,6 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
                     **(_dev_metrics(encoder, s, local_workers) if rank == 0 else {}),
                 )
             if evaluate or (s.checkpoint_every and step % s.checkpoint_every == 0):
+                metrics[CHECKPOINT_RANK] = metrics.get(s.checkpoint_metric, UNSCORED)
                 _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
             else:
                 ray.train.report(metrics)
