@@ -32,7 +32,7 @@ from pipeline.end_to_end import (
 )
 from pipeline.report import write_report
 from pipeline.report.summary import run_summary
-from pipeline.report.training import plot_dev_curves, training_notes
+from pipeline.report.training import dev_only_note, plot_dev_curves, training_notes
 from pipeline.stage_cache import StageClock
 from pipeline.tracking import (
     TrackingUnavailable,
@@ -102,6 +102,7 @@ def main(cfg: Config) -> dict:
                 stage_times=clock.times,
                 notes=[
                     *training_notes({m: d["metrics"] for m, d in trained.items()}),
+                    *dev_only_note(list(trained), cfg.eval.trained_models),
                     f"Registered: {registration.message}.",
                 ],
                 title=f"CoDiEmb on Ray — run {cfg.run.name}",

@@ -137,10 +137,6 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     mode: TrainMode = "joint"
 
-    def passage_length(self, model: ModelConfig) -> int:
-        """Where training cuts passages: ``max_length_passage``, else the model's (evaluation's)."""
-        return self.max_length_passage or model.max_length_passage
-
     modes: list[TrainMode] = Field(default_factory=lambda: ["joint"])  # trained by jobs.pipeline
     epochs: int = Field(1, gt=0)
     max_steps: int | None = None  # stop early (tests, smoke)
@@ -181,6 +177,10 @@ class TrainConfig(_Section):
         50, ge=0
     )  # in-loop IR dev: BM25 top-k pool per query; 0 = whole corpus
     max_failures: int = Field(1, ge=0)
+
+    def passage_length(self, model: ModelConfig) -> int:
+        """Where training cuts passages: ``max_length_passage``, else the model's (evaluation's)."""
+        return self.max_length_passage or model.max_length_passage
 
 
 class EvalConfig(_Section):
@@ -259,6 +259,46 @@ class TuneConfig(_Section):
     trial_max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial
 
 
+class ServeAutoscaling(_Section):
+    """Ray Serve autoscaling of the embeddings deployment (replaces ``serve.num_replicas``)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, gt=0)
+    target_ongoing_requests: float = Field(2.0, gt=0.0)  # per replica, what Serve scales towards
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        return self
+
+
+class ServeConfig(_Section):
+    """The embeddings endpoint (``python -m jobs.serve``, ``pipeline/serve/``)."""
+
+    # "" = models:/<tracking.registered_model>@champion on tracking.uri, followed as the alias
+    # moves; else a model folder, served as it is
+    model: str = ""
+    route: str = "/"  # the app's route prefix: POST <route>v1/embeddings
+    host: str = "127.0.0.1"  # where jobs.serve's HTTP proxy listens (0.0.0.0 in a cluster)
+    port: int = Field(8000, gt=0, lt=65536)
+    max_batch_size: int = Field(32, gt=0)  # requests per @serve.batch call
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    num_replicas: int = Field(1, gt=0)
+    autoscaling: ServeAutoscaling | None = None  # set: Serve scales replicas, num_replicas unused
+    num_cpus: float = Field(1.0, gt=0.0)  # per replica (torch threads: its whole CPUs, at least 1)
+    num_gpus: float = Field(0.0, ge=0.0)  # per replica
+    alias_poll_s: float = Field(30.0, ge=0.0)  # how often the champion alias is read; 0 = never
+    max_texts_per_request: int = Field(256, gt=0)
+    max_body_bytes: int = Field(2_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _route(self) -> ServeConfig:
+        if not self.route.startswith("/"):
+            raise ValueError(f"serve.route={self.route!r}: must start with '/'")
+        return self
+
+
 class DebugConfig(_Section):
     fail_at_step: int | None = None
 
@@ -278,6 +318,7 @@ class Config(_Section):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
     # set by load_config for start-up messages: the preset file, the keys set on the command line
     _origin: tuple[str, frozenset[str]] = PrivateAttr(default=("", frozenset()))

@@ -16,7 +16,7 @@ from pipeline.config import CONFIG_DIR, load_config
 
 SMOKE_SIZED = {
     "train.eval_every": 10,  # the smoke run has about 26 steps (the demo's 150 would never fire)
-    "train.max_length_passage": 32,  # below the smoke model's 64, as 128 is below the demo's 256
+    "train.max_length_passage": 32,  # training-only passage length, below the smoke model's 64
 }
 
 
@@ -61,7 +61,7 @@ def test_quick_preset_scores_only_base_and_registered_on_test(quick_run):
     results = json.loads((run_dir / "eval.json").read_text())
     assert set(results) == {"base", outcome["chosen"]}
     report = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert "joint" in report  # its dev scores from training, in the dev table
+    assert "Scored on dev only (`eval.trained_models: false`): joint;" in report
 
 
 def test_quick_preset_trains_on_shorter_passages_than_it_evaluates(quick_run):

@@ -162,6 +162,23 @@ def test_write_report(results, tmp_path):
     assert Path(paths["tradeoff"]).read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_run_without_the_single_task_modes_says_so_once(results, tmp_path):
+    quick = {name: results[name] for name in ("base", "fused:delta")}  # the quick demo's scoring
+    paths = write_report(
+        str(tmp_path),
+        quick,
+        chosen="fused:delta",
+        dev_selection={"fused:delta": 77.3, "candidate joint:step_000285": 77.1},
+        stage_times={"train": 60.0},
+        notes=[],
+        title="Quick",
+    )
+    text = Path(paths["report"]).read_text(encoding="utf-8")
+    section = text.split("## Negative transfer check\n\n")[1].split("\n\n")[0]
+    assert section.startswith("Not measured in this run: it needs `joint` beside")
+    assert "missing" not in text
+
+
 def test_training_notes_count_steps_per_task(tmp_path):
     from pipeline.report.training import training_notes
 

@@ -75,3 +75,13 @@ def plot_dev_curves(metrics_paths: dict[str, str], out_path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     storage.write_bytes(out_path, buffer.getvalue())
+
+
+def dev_only_note(modes: list[str], scored_on_test: bool) -> list[str]:
+    """The report's note naming the trained modes scored on dev only (``eval.trained_models``)."""
+    if scored_on_test or not modes:
+        return []
+    return [
+        f"Scored on dev only (`eval.trained_models: false`): {', '.join(modes)}; the dev scores of "
+        "their checkpoints are in the fusion selection table."
+    ]

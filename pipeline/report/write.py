@@ -24,6 +24,17 @@ def _bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def _transfer_section(results, sts_bench: str, ir_bench: str) -> str:
+    """The negative-transfer sentences, or one line when the run scored none of the pairs on test."""
+    lines = no_negative_transfer(results, sts_bench=sts_bench, ir_bench=ir_bench)
+    if all("not measured" in line for line in lines):
+        return (
+            "Not measured in this run: it needs `joint` beside `sts_only`, `ir_only` and `mixed` "
+            "on test (`make reproduce` trains and scores them)."
+        )
+    return _bullets(lines)
+
+
 def render_report(
     results: Results,
     *,
@@ -51,8 +62,7 @@ def render_report(
         + comparison_table(results, sts_bench=sts_bench, ir_bench=ir_bench, chosen=chosen),
         f"## IR vs STS trade-off\n\n![IR vs STS trade-off]({PLOT})\n\nPareto front "
         f"({sts_bench} Spearman, {ir_bench} nDCG@10): {front}.",
-        "## Negative transfer check\n\n"
-        + _bullets(no_negative_transfer(results, sts_bench=sts_bench, ir_bench=ir_bench)),
+        "## Negative transfer check\n\n" + _transfer_section(results, sts_bench, ir_bench),
         "## Dev scores and fusion selection\n\n"
         + dev_table(results, dev_selection, chosen=chosen, **dev),
     ]
