@@ -51,7 +51,11 @@ CLUSTER_SCOPED = {
     "ClusterRole",
     "ClusterRoleBinding",
 }
-RAY_SCHEMA_FILES = {"RayJob": "rayjob_v1.json", "RayCluster": "raycluster_v1.json"}
+RAY_SCHEMA_FILES = {
+    "RayJob": "rayjob_v1.json",
+    "RayCluster": "raycluster_v1.json",
+    "RayService": "rayservice_v1.json",
+}
 # An env var name whose `_`-separated part ends with one of these holds a credential
 # (HF_TOKEN, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD; not TOKENIZERS_PARALLELISM).
 SECRET_WORDS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET", "KEY", "CREDENTIALS")
@@ -304,7 +308,8 @@ def pod_templates(docs: list[dict], tree: str = "") -> list[PodTemplate]:
     """Every pod template in ``docs`` (the one walker the tests share)."""
     pods = []
     for doc in docs:
-        cluster = doc.get("spec", {}).get("rayClusterSpec", doc.get("spec", {}))
+        top = doc.get("spec", {})  # a RayJob's cluster, a RayService's, or the RayCluster itself
+        cluster = top.get("rayClusterSpec") or top.get("rayClusterConfig") or top
         for path, spec in _pod_specs(doc):
             role = "other"
             if "headGroupSpec" in path:
@@ -358,6 +363,7 @@ def test_every_tree_is_rendered_and_holds_what_the_issue_asks():
             "PersistentVolumeClaim",
             "RayCluster",
             "RayJob",
+            "RayService",
             "Service",
         ], tree
         namespaced = [d for d in rendered(tree) if d["kind"] != "Namespace"]
@@ -367,7 +373,7 @@ def test_every_tree_is_rendered_and_holds_what_the_issue_asks():
 @pytest.mark.parametrize("tree", TREES)
 def test_ray_resources_match_the_kuberay_schema(tree):
     ray_docs = [d for d in rendered(tree) if _group(d) == "ray.io"]
-    assert {d["kind"] for d in ray_docs} == {"RayJob", "RayCluster"}
+    assert {d["kind"] for d in ray_docs} == {"RayJob", "RayCluster", "RayService"}
     for doc in ray_docs:
         assert ray_errors(doc) == [], f"{tree}: {doc['kind']}/{doc['metadata']['name']}"
 
@@ -390,6 +396,12 @@ def test_core_resources_pass_kubernetes_validate_strict(tree):
         # a misspelled field
         ("RayJob", "/spec/shutdownAfterJobFinish", True, "Additional properties"),
         ("RayCluster", "/spec/workerGroupSpecs/0/maxReplica", 8, "Additional properties"),
+        (
+            "RayService",
+            "/spec/rayClusterConfig/enableInTreeAutoscaler",
+            True,
+            "Additional properties",
+        ),
         ("Service", "/spec/port", 5000, "Additional properties"),
         ("Deployment", "/spec/template/spec/containers/0/resource", {}, "Additional properties"),
     ],
@@ -415,6 +427,7 @@ def test_ray_version_everywhere_equals_the_pin():
         rayjob, raycluster = one(rendered(tree), "RayJob"), one(rendered(tree), "RayCluster")
         assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == pin
         assert raycluster["spec"]["rayVersion"] == pin
+        assert one(rendered(tree), "RayService")["spec"]["rayClusterConfig"]["rayVersion"] == pin
 
 
 def test_dockerfile_runs_as_the_non_root_ray_user_and_installs_the_project():
@@ -480,10 +493,37 @@ def test_rayjob_and_raycluster_lifecycle(tree):
     assert raycluster["spec"]["enableInTreeAutoscaling"] is True
     for group in _worker_groups(raycluster):
         assert group["minReplicas"] < group["maxReplicas"]
-    for doc in (rayjob, raycluster, one(docs, "Deployment")):
+    for doc in (rayjob, raycluster, one(docs, "RayService"), one(docs, "Deployment")):
         for container in _containers(doc):
             for side in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][side]), container["name"]
+
+
+@pytest.mark.parametrize("tree", OVERLAYS)
+def test_rayservice_builds_a_real_app_with_a_real_preset(tree):
+    """The RayService's Serve application: its builder, called with the manifest's args (the preset
+    as it lies in the image), gives an application whose GPUs and replicas fit the worker group."""
+    import importlib
+
+    from ray.serve import Application
+
+    from pipeline.config import load_config
+
+    rayservice = one(rendered(tree), "RayService")
+    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    module, _, attr = app["import_path"].partition(":")
+    args = dict(app["args"])
+    assert args["config"].startswith(_workdir() + "/configs/"), args["config"]
+    preset = REPO / Path(args["config"]).relative_to(_workdir())
+    args["config"] = str(preset)
+    assert isinstance(getattr(importlib.import_module(module), attr)(args), Application)
+    cfg = load_config(preset, [f"{k}={v}" for k, v in args.items() if k != "config"])
+    (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert cfg.serve.num_gpus == int(limits.get("nvidia.com/gpu", 0)) == int(tree.endswith("gpu"))
+    assert cfg.serve.num_cpus <= float(limits["cpu"])
+    assert cfg.serve.autoscaling.max_replicas <= group["maxReplicas"]
 
 
 def test_the_mlflow_address_is_the_same_everywhere():
@@ -502,9 +542,10 @@ def test_the_mlflow_address_is_the_same_everywhere():
         for container in _containers(doc):
             values = {e["name"]: e.get("value") for e in container.get("env", [])}
             assert values.get("HF_HUB_OFFLINE", "1") == "1", container["name"]
-    for container in _containers(one(docs, "RayCluster")):
-        values = {e["name"]: e.get("value") for e in container["env"]}
-        assert values["MLFLOW_TRACKING_URI"] == address
+    for kind in ("RayCluster", "RayService"):
+        for container in _containers(one(docs, kind)):
+            values = {e["name"]: e.get("value") for e in container["env"]}
+            assert values["MLFLOW_TRACKING_URI"] == address, kind
     mlflow = next(_containers(one(docs, "Deployment")))
     hosts = {e["name"]: e.get("value") for e in mlflow["env"]}["MLFLOW_SERVER_ALLOWED_HOSTS"]
     assert address.removeprefix("http://") in hosts.split(",")
@@ -549,7 +590,8 @@ def test_shm_is_a_sized_memory_volume_on_every_ray_node(tree):
     """Ray's object store lives in /dev/shm: a memory emptyDir at least as large as Ray's default
     object store (30% of the container's memory) and smaller than the memory limit it counts in."""
     nodes = [p for p in pod_templates(rendered(tree), tree) if p.role in ("head", "worker")]
-    assert len(nodes) == 4, [p.where for p in nodes]  # head + workers, in the RayJob and RayCluster
+    # head + workers, in the RayJob, the RayCluster and the RayService
+    assert len(nodes) == 6, [p.where for p in nodes]
     for pod in nodes:
         ray = pod.spec["containers"][0]  # KubeRay's Ray container
         mounts = {m["mountPath"]: m["name"] for m in ray.get("volumeMounts", [])}
