@@ -24,16 +24,28 @@ def data_root() -> Path:
     return DATA
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_tracking_uri():
-    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``; put it back after each test so
-    a test's (possibly unreachable) server never becomes a later test's default."""
+def _restoring_tracking_uri():
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     if saved is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``; put it back after each test so
+    a test's (possibly unreachable) server never becomes a later test's default (the job resolves
+    its store from that variable before its run directory)."""
+    yield from _restoring_tracking_uri()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_leaked_tracking_uri_per_module():
+    """The same around each module: a module-scoped fixture that runs the main job or registers a
+    model sets the variable before any per-test guard saves it."""
+    yield from _restoring_tracking_uri()
 
 
 @pytest.fixture(scope="module")

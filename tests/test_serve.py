@@ -64,9 +64,6 @@ def registry(folders, tmp_path_factory) -> str:
     uri = embedded_uri(str(root))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        # registering sets $MLFLOW_TRACKING_URI; undone with the context, so no later module's
-        # pipeline run writes into this store (conftest's guard is per test, this fixture per module)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
         common = dict(uri=uri, name=NAME, input_example=["a text"], max_length=MAX_SEQ)
         assert register_model(folders["1"], dev_objective=0.5, **common).is_champion
         assert not register_model(folders["2"], dev_objective=0.4, **common).is_champion
