@@ -3,17 +3,15 @@ Tune pattern) and forwards the dev reports to Tune, plus the MLflow callback the
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import ray.tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.train._internal.session import get_session  # what Tune's own Train callback reads
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline import storage
 from pipeline.config import Config, with_overrides
+from pipeline.ray_compat import exit_when_tune_stops_trial
 from pipeline.tracking.mlflow_run import metric_name
 from pipeline.train.driver import build_trainer
 
@@ -65,24 +63,5 @@ def run_trial(params: dict[str, Any], *, base: Config, sweep_dir: str) -> None:
         metrics_path=paths["metrics"],
         callbacks=[DevReportsToTune()],
     )
-    fit_done = threading.Event()
-    _end_run_when_stopped(trial_id, fit_done)
-    try:
+    with exit_when_tune_stops_trial(trial_id):
         trainer.fit()
-    finally:
-        fit_done.set()
-
-
-def _end_run_when_stopped(trial_id: str, fit_done: threading.Event, poll_s: float = 1.0) -> None:
-    """Tune stops a trial (ASHA) by closing its session, but the Train V2 run the trial started goes
-    on holding its workers' CPUs (ray-project/ray#54305), so later trials wait forever. When the
-    session closes while ``fit()`` still runs, end this trial's process: Ray then stops the actors
-    it owns (the Train controller, which owns the workers and the dataset readers)."""
-
-    def watch() -> None:
-        while not fit_done.wait(poll_s):
-            if get_session() is None:
-                print(f"[tune] {trial_id} stopped by Tune: ending its Train run", flush=True)
-                os._exit(0)
-
-    threading.Thread(target=watch, name=f"end-run-{trial_id}", daemon=True).start()

@@ -27,6 +27,7 @@ from pipeline.inference import precision_label
 from pipeline.model.encoder import Encoder
 from pipeline.model.loading import quiet_transformers
 from pipeline.progress import ProgressLine
+from pipeline.ray_compat import train_report_logger
 from pipeline.train.dev import DevData, evaluate_dev
 from pipeline.train.optim import build_optimizer, build_scheduler
 from pipeline.train.state import (
@@ -143,14 +144,10 @@ def _maybe_fail(s: TrainSettings, step: int) -> None:
 
 
 def quiet_report_log() -> None:
-    """Silence Ray Train's INFO line for every ``ray.train.report`` of every worker ("Reporting
-    training result N: TrainingReport(...)", the whole metrics dict each step): its logger is named
-    by its file path, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*`` names,
-    does not reach it. Its warnings and errors still show. Also transformers' per-worker load report
-    and progress bar."""
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    """Silence Ray Train's INFO line for every ``ray.train.report`` of every worker (the whole
+    metrics dict each step; see ``ray_compat.train_report_logger``): its warnings and errors still
+    show. Also transformers' per-worker load report and progress bar."""
+    train_report_logger().setLevel(logging.WARNING)
     quiet_transformers()  # each worker loading the encoder printed its load report and bar
 
 
