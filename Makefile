@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo reproduce test lint format clean
+.PHONY: venv demo reproduce test lint format clean bench-serve
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -29,6 +29,18 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The endpoint's load test against in-process encode and infinity-emb (docs/PERFORMANCE.md). infinity-emb
+# pins numpy < 2 and sentence-transformers < 4, so it gets its own environment.
+INFINITY := .venv-infinity
+$(INFINITY)/.installed:
+	test -d $(INFINITY) || $(PY) -m venv $(INFINITY)
+	$(INFINITY)/bin/pip install --quiet torch==2.13.0 'infinity-emb[server,torch]==0.0.78'
+	touch $@
+
+bench-serve: $(STAMP) $(INFINITY)/.installed
+	$(BIN)/python bench/serve_load.py --infinity $(INFINITY)/bin/infinity_emb \
+		--out bench/results/serve_load-cpu.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,10 +2,18 @@
 concurrency 1, 8 and 32, requests of 1 and 16 texts; p50/p95/p99 latency, texts/s and errors per
 level, against in-process ``SentenceTransformer.encode`` on the same texts and model folder,
 measured in the same run: one pass before and one after every level (the machine may be shared;
-their mean is that level's baseline, ``ratio`` its texts/s over it).
+their mean is that level's baseline, ``ratio`` its texts/s over it). With ``--infinity``, the same
+levels are sent to ``infinity-emb`` serving the same folder on the same CPU with its default engine
+(torch), each of its levels right after the project's, and ``vs infinity`` is the project's texts/s
+over infinity's at that level.
 
+    make bench-serve                                                         # both, ~5 min
     python bench/serve_load.py --out /tmp/serve_load.json                  # packaged MiniLM, ~2 min
     python bench/serve_load.py --seconds 3 --model tiny-random --out /tmp/sl.json
+
+``infinity-emb`` cannot share this project's environment (it pins numpy < 2, sentence-transformers < 4
+and click < 8.2), so it lives in its own ``.venv-infinity`` that ``make bench-serve`` builds
+(``--infinity .venv-infinity/bin/infinity_emb``).
 
 Texts are STS-B test sentences (short, as search queries are). The endpoint is the project's
 application (``pipeline.serve.app.application``) serving ``--model`` as a folder, one replica with
@@ -13,24 +21,26 @@ application (``pipeline.serve.app.application``) serving ``--model`` as a folder
 client (asyncio + aiohttp) runs on the same cores: its share of the CPU is part of the measurement.
 Each level sends until ``--seconds`` have passed or ``--max-requests`` were sent. The headline
 ``ratio`` is the one at concurrency 32 with 16 texts per request.
-``infinity-emb`` is not compared: installing it would downgrade this project's numpy (2.4 -> 1.26).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.timing import finish, machine  # noqa: E402
+from bench._timing import finish, machine  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
@@ -63,6 +73,7 @@ class InProcess:
 
 async def load_level(
     url: str,
+    model: str,
     texts: list[str],
     concurrency: int,
     per_request: int,
@@ -86,7 +97,7 @@ async def load_level(
             position += per_request * concurrency
             started = time.perf_counter()
             try:
-                async with session.post(url, json={"input": batch}) as response:
+                async with session.post(url, json={"input": batch, "model": model}) as response:
                     await response.read()
                     ok = response.status == 200
             except aiohttp.ClientError:
@@ -144,6 +155,49 @@ def start_endpoint(folder: str, args: argparse.Namespace) -> str:
     return f"http://127.0.0.1:{port}/v1/embeddings"
 
 
+def start_infinity(executable: str, folder: str, threads: int) -> tuple[subprocess.Popen, str]:
+    """``infinity_emb v2`` serving ``folder`` on a free loopback port with its default engine, torch
+    limited to ``threads`` threads like the replica; returns the process and its embeddings URL once
+    ``/health`` answers (at most 3 minutes)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+        "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    }
+    command = [executable, "v2", "--model-id", folder, "--served-model-name", "bench"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command += ["--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"infinity_emb exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process, f"http://127.0.0.1:{port}/embeddings"
+        except OSError:
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("infinity_emb did not answer /health within 3 minutes")
+
+
+def same_embeddings(urls: dict[str, str], texts: list[str]) -> float:
+    """The lowest cosine between the two endpoints' embeddings of ``texts`` (a check that both
+    serve the same model with the same pooling)."""
+    vectors = []
+    for url in urls.values():
+        body = json.dumps({"input": texts, "model": "bench"}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            data = json.load(response)["data"]
+        rows = np.asarray([d["embedding"] for d in sorted(data, key=lambda d: d["index"])])
+        vectors.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    return float(np.min(np.sum(vectors[0] * vectors[1], axis=1)))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="packaged", help="a model folder or a built-in name")
@@ -156,6 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-wait", type=float, default=0.01, help="seconds")
     parser.add_argument(
         "--baseline-texts", type=int, default=256, help="texts of each in-process encode pass"
+    )
+    parser.add_argument(
+        "--infinity", default=None, help="an infinity_emb executable to compare with (optional)"
     )
     parser.add_argument("--out", required=True, help="JSON file (local path or URI)")
     args = parser.parse_args(argv)
@@ -174,35 +231,56 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ray import serve
 
-    url = start_endpoint(folder, args)
-    rows = {}
+    urls = {"ray-serve": start_endpoint(folder, args)}
+    infinity = None
+    rows, agreement = {}, None
     try:
-        asyncio.run(load_level(url, texts, 1, 1, 2.0, 50))  # warm-up
+        if args.infinity:
+            infinity, urls["infinity"] = start_infinity(args.infinity, folder, args.replica_cpus)
+            agreement = same_embeddings(urls, texts[:64])
+        for url in urls.values():
+            asyncio.run(load_level(url, "bench", texts, 1, 1, 2.0, 50))  # warm-up
         after = in_process.rate()
         for per_request in TEXTS_PER_REQUEST:
             for concurrency in CONCURRENCY:
-                before = after
-                row = asyncio.run(
-                    load_level(
-                        url, texts, concurrency, per_request, args.seconds, args.max_requests
+                for server, url in urls.items():
+                    before = after
+                    row = asyncio.run(
+                        load_level(
+                            url,
+                            "bench",
+                            texts,
+                            concurrency,
+                            per_request,
+                            args.seconds,
+                            args.max_requests,
+                        )
                     )
-                )
-                after = in_process.rate()
-                row["in-process texts/s"] = (before + after) / 2
-                row["ratio"] = row["texts/s"] / row["in-process texts/s"]
-                rows[f"c={concurrency} x{per_request}"] = row
-                print(f"c={concurrency} x{per_request}: {row}", flush=True)
+                    after = in_process.rate()
+                    row["in-process texts/s"] = (before + after) / 2
+                    row["ratio"] = row["texts/s"] / row["in-process texts/s"]
+                    rows[f"{server} c={concurrency} x{per_request}"] = row
+                    print(f"{server} c={concurrency} x{per_request}: {row}", flush=True)
+                if infinity is not None:
+                    level = f"c={concurrency} x{per_request}"
+                    ours, theirs = rows[f"ray-serve {level}"], rows[f"infinity {level}"]
+                    ours["vs infinity"] = ours["texts/s"] / theirs["texts/s"]
     finally:
         serve.shutdown()
+        if infinity is not None:
+            infinity.terminate()
+            infinity.wait(timeout=30)
     columns = ["requests", "errors", "texts/s", "p50_ms", "p95_ms", "p99_ms"]
-    columns += ["in-process texts/s", "ratio"]
+    columns += ["in-process texts/s", "ratio"] + (["vs infinity"] if infinity else [])
     table = markdown_table(rows, columns, digits=2, index_name="level")
     report = {
         "machine": machine(torch.device("cpu")),
         "model": folder,
         "settings": vars(args),
         "levels": rows,
-        "ratio": rows["c=32 x16"]["ratio"],
+        "ratio": rows["ray-serve c=32 x16"]["ratio"],
+        "vs_infinity": rows["ray-serve c=32 x16"].get("vs infinity"),
+        "min_cosine_vs_infinity": agreement,
     }
     return finish(report, table, args.out, label="endpoint c=32 x16 / in-process encode")
 

@@ -13,9 +13,10 @@ time, through Serve's wrapper class, and a string ``Request`` would become a que
 import asyncio
 import time
 
+import orjson
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from pipeline.serve.follow import ChampionFollower
@@ -82,7 +83,7 @@ class Embedder:
         return await asyncio.to_thread(model.embed, requests)
 
     @api.post("/v1/embeddings")
-    async def embeddings(self, request: Request) -> JSONResponse:
+    async def embeddings(self, request: Request) -> Response:
         try:
             body = await read_body(request, self.max_body_bytes)
             parsed = parse_embedding_request(
@@ -96,14 +97,15 @@ class Embedder:
         except Exception as exc:
             message = f"embedding failed ({type(exc).__name__}: {exc})"
             return JSONResponse(error_body(message, "server_error"), status_code=500)
-        return JSONResponse(
-            embeddings_response(
-                done.vectors,
-                parsed,
-                model=done.model,
-                prompt_tokens=done.prompt_tokens,
-                truncated=done.truncated,
-            )
+        body = embeddings_response(
+            done.vectors,
+            parsed,
+            model=done.model,
+            prompt_tokens=done.prompt_tokens,
+            truncated=done.truncated,
+        )
+        return Response(
+            orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
         )
 
     @api.get("/v1/models")

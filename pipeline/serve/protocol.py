@@ -156,10 +156,10 @@ def shorten(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     return cut / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def _encode(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":  # little-endian float32 bytes, as OpenAI's clients decode them
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector  # float32; the JSON writer prints each as its shortest exact repr
 
 
 def embeddings_response(
@@ -170,7 +170,9 @@ def embeddings_response(
     prompt_tokens: int,
     truncated: int,
 ) -> dict:
-    """The response body for ``request``'s embeddings ``vectors`` [N, D] (input order)."""
+    """The response body for ``request``'s embeddings ``vectors`` [N, D] (input order). With
+    ``encoding_format`` float each embedding is a float32 array: serialise the body with numpy
+    support (``orjson.OPT_SERIALIZE_NUMPY``, about 10x faster than ``tolist`` + ``json``)."""
     vectors = shorten(np.asarray(vectors, dtype=np.float32), request.dimensions)
     return {
         "object": "list",
