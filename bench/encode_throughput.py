@@ -25,8 +25,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import OURS, THEIRS, compare, finish, machine, rates  # noqa: E402
 from bench.encode_sorting import corpus_arguments, corpus_texts, padding_share  # noqa: E402
-from bench.timing import OURS, THEIRS, compare, finish, machine, rates  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402
 from pipeline.model.loading import resolve_model_path  # noqa: E402

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.k, args.ckpt_mb, args.methods = [2, 4], 4, ["delta"]
     if "delta" not in args.methods:
         parser.error("--methods must include delta (the headline ratio is delta's)")
-    from bench.timing import finish
+    from bench._timing import finish
     from pipeline.eval.table import markdown_table
 
     rows = []

@@ -55,8 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never wait on the network
 
+from bench._timing import machine, write_json  # noqa: E402
 from bench.gpu_step import QUICK_BATCHES, BatchShape, ir_batches, sts_batches  # noqa: E402
-from bench.timing import machine, write_json  # noqa: E402
 from pipeline.eval.sts import sts_scores  # noqa: E402
 from pipeline.fusion.stream import Checkpoint, fuse  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402

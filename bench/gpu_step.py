@@ -33,7 +33,7 @@ counted. MFU = FLOPs / step time / the device's matrix-product rate, measured he
 Padding: ours runs each encoder pass as length-sorted buckets of ``--bucket-rows`` rows, each trimmed
 to its longest row (``pipeline.model.buckets``; 0 = one dynamically padded pass, as
 sentence-transformers does). Not implemented: varlen attention, compiled kernels, CUDA graphs. The
-interleaved timing and the report come from ``bench/timing.py``; sentence-transformers 3.x to 6.x
+interleaved timing, the matrix-product rate and the report come from ``bench/_timing.py``; sentence-transformers 3.x to 6.x
 are supported (its losses moved to ``sentence_transformers.sentence_transformer.losses`` in 6).
 """
 
@@ -55,7 +55,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.timing import OURS, THEIRS, compare, finish, machine, no_sync, rates, time_window  # noqa: E402
+from bench._timing import (  # noqa: E402
+    OURS,
+    THEIRS,
+    compare,
+    finish,
+    machine,
+    matmul_tflops,
+    no_sync,
+    rates,
+)
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402
 from pipeline.model.save import save_pretrained_st  # noqa: E402
@@ -311,17 +320,6 @@ def our_masks(task: str, batch: dict) -> list[torch.Tensor]:
             batch["negatives"]["attention_mask"][batch["negative_mask"]],
         ]
     return [batch["sentence1"]["attention_mask"], batch["sentence2"]["attention_mask"]]
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """Measured dense matrix-product rate (TFLOP/s) of an ``n x n @ n x n`` product."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b)
-    seconds = time_window(lambda: torch.matmul(a, b), repeats, sync)
-    return 2 * n**3 * repeats / seconds / 1e12
 
 
 # ---- synthetic batches ----------------------------------------------------------------------------

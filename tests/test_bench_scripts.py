@@ -18,7 +18,7 @@ from transformers import BertConfig, BertModel
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import gpu_step, timing  # noqa: E402
+from bench import _timing, gpu_step  # noqa: E402
 from bench.encode_throughput import st_order  # noqa: E402
 from pipeline.train.step import batch_size_and_tokens  # noqa: E402
 
@@ -71,19 +71,19 @@ def test_both_ir_layouts_hold_the_same_real_tokens():
 def test_compare_warms_up_then_interleaves_the_systems():
     calls = []
     steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    seconds = timing.compare(steps, warmup=1, windows=3, per_window=2)
+    seconds = _timing.compare(steps, warmup=1, windows=3, per_window=2)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
     assert {name: len(runs) for name, runs in seconds.items()} == {"a": 3, "b": 3}
 
 
 def test_rates_are_medians_over_windows():
-    row = timing.rates([1.0, 4.0, 2.0], {"docs": 8, "tokens": 80})
+    row = _timing.rates([1.0, 4.0, 2.0], {"docs": 8, "tokens": 80})
     assert row == {"docs/s": 4.0, "tokens/s": 40.0, "seconds": 2.0}
 
 
 def test_finish_prints_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "r" / "bench.json"
-    timing.finish({"ratio": 1.25, "results": {"x": {"docs/s": 3.0}}}, "| t |", str(out))
+    _timing.finish({"ratio": 1.25, "results": {"x": {"docs/s": 3.0}}}, "| t |", str(out))
     assert json.loads(out.read_text()) == {"ratio": 1.25, "results": {"x": {"docs/s": 3.0}}}
     printed = capsys.readouterr().out
     assert "| t |" in printed and "1.250" in printed

@@ -41,7 +41,7 @@ def test_gpu_check_passes_on_cpu_quick(tmp_path):
 def test_gpu_step_and_timing_import_nothing_the_gpu_machine_lacks():
     """Nor sentence-transformers: ``bench.gpu_step`` imports it only to build its trainer."""
     code = (
-        "import sys; import bench.gpu_step, bench.timing; "
+        "import sys; import bench.gpu_step, bench._timing; "
         "loaded = [m for m in ('ray', 'mlflow', 'pyarrow', 'pipeline.config', "
         "'sentence_transformers') if m in sys.modules]; assert not loaded, loaded"
     )

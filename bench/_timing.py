@@ -1,5 +1,6 @@
 """Timing and reporting helpers shared by the scripts in ``bench/``: interleaved timed windows, median
-rates, what the numbers were measured on, and the printed table plus JSON report.
+rates, the measured matrix-product rate (the peak that MFU is counted against), what the numbers were
+measured on, and the printed table plus JSON report.
 
 Plain Python and torch only (no ``pipeline`` import, no sentence-transformers import), so any bench
 script can use them, the ones that run on the GPU machine (no Ray, MLflow or pyarrow) included.
@@ -66,6 +67,17 @@ def rates(seconds: Sequence[float], work: Mapping[str, float]) -> dict[str, floa
     }
     row["seconds"] = statistics.median(seconds)
     return row
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """Measured dense matrix-product rate (TFLOP/s) of an ``n x n @ n x n`` product."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b)
+    seconds = time_window(lambda: torch.matmul(a, b), repeats, sync)
+    return 2 * n**3 * repeats / seconds / 1e12
 
 
 def _cpu_name() -> str:
