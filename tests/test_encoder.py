@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.model.encoder import Encoder
-from pipeline.model.save import read_st_settings, save_pretrained_st
+from pipeline.model.save import save_pretrained_st
+from pipeline.model.st_settings import read_st_settings
 from pipeline.model.tokenize import pad, tokenize
 
 TEXTS = [

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline.model.pooling import POOLING_MODES, pool
-from pipeline.model.save import read_st_settings
+from pipeline.model.st_settings import read_st_settings
 from pipeline.model.tokenize import pad, tokenize
 
 

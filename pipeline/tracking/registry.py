@@ -22,7 +22,7 @@ from mlflow.models.model import ModelInfo
 from transformers import AutoConfig
 
 import pipeline
-from pipeline.model.save import read_st_settings
+from pipeline.model.st_settings import read_st_settings
 from pipeline.tracking import pyfunc
 from pipeline.tracking.mlflow_run import ensure_experiment, redact, use_tracking
 
