@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,29 @@ def tiny_model_path() -> str:
     from pipeline.model.loading import resolve_model_path
 
     return resolve_model_path("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def st_folder(tiny_model_path, tmp_path_factory) -> str:
+    """The tiny model saved as a sentence-transformers folder, as the pipeline's ``final/``."""
+    from pipeline.model.encoder import Encoder
+    from pipeline.model.save import save_pretrained_st
+
+    encoder = Encoder.from_pretrained(tiny_model_path, device="cpu")
+    return save_pretrained_st(encoder, tmp_path_factory.mktemp("final") / "final")
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Call it for a TCP port on 127.0.0.1 that nothing listens on (the OS picks it, the test
+    releases it): for a server the test starts, or an address that refuses connections."""
+    return _unused_port
 
 
 def pytest_addoption(parser):

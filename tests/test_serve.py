@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -70,14 +69,8 @@ def registry(folders, tmp_path_factory) -> str:
     return uri
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(ray_session, registry):
+def server(ray_session, registry, free_port):
     """The application serving models:/NAME@champion, polling the alias every 0.5 s."""
     from ray import serve
 
@@ -94,7 +87,7 @@ def server(ray_session, registry):
             f"serve.max_body_bytes={MAX_BODY}",
         ],
     )
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(application(cfg), name="serve-test", route_prefix="/", blocking=False)

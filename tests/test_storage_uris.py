@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import boto3
@@ -19,18 +18,12 @@ from pipeline import storage
 BUCKET = "codiemb"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_endpoint(free_port):
     """A moto S3 server on localhost with one bucket; the AWS variables point pyarrow (and Ray's
     workers, started after this) at it, and are restored afterwards."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from mlflow import MlflowClient
 
 from pipeline.config import Config
 from pipeline.model.encoder import Encoder
-from pipeline.model.save import save_pretrained_st
 from pipeline.tracking.mlflow_run import (
     TrackingUnavailable,
     check_tracking,
@@ -51,13 +49,6 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def st_folder(tiny_model_path, tmp_path_factory) -> str:
-    """The tiny model saved as a sentence-transformers folder, as the pipeline's ``final/``."""
-    encoder = Encoder.from_pretrained(tiny_model_path, device="cpu")
-    return save_pretrained_st(encoder, tmp_path_factory.mktemp("final") / "final")
-
-
-@pytest.fixture(scope="module")
 def registered(store, st_folder):
     """v1 (first) -> champion; v2 worse -> champion stays; v3 better, logged in a stage run."""
     uri, _ = store
@@ -67,12 +58,6 @@ def registered(store, st_folder):
     with pipeline_run(uri, "codiemb", "with-register", {"k": 1}), stage_run("register") as stage:
         v3 = register_model(st_folder, dev_objective=0.60, **common)
     return v1, v2, v3, stage.info.run_id
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_resolve_tracking_uri(monkeypatch, tmp_path):
@@ -87,17 +72,17 @@ def test_resolve_tracking_uri(monkeypatch, tmp_path):
         resolve_tracking_uri("", "s3://bucket/runs/x")
 
 
-def test_outage_check_tracking_fails_fast():
-    uri = f"http://127.0.0.1:{_closed_port()}"
+def test_outage_check_tracking_fails_fast(free_port):
+    uri = f"http://127.0.0.1:{free_port()}"
     start = time.perf_counter()
     with pytest.raises(TrackingUnavailable, match=uri):
         check_tracking(uri, timeout_s=2)
     assert time.perf_counter() - start < 10
 
 
-def test_outage_registration_failure_says_where_the_model_is(monkeypatch, st_folder):
+def test_outage_registration_failure_says_where_the_model_is(monkeypatch, st_folder, free_port):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RegistrationFailed, match=str(Path(st_folder).resolve())):
         register_model(st_folder, uri=uri, name=NAME, dev_objective=0.5, input_example=EXAMPLE)
     with pytest.raises(RegistrationFailed, match="on disk at"):

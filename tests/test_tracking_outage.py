@@ -19,8 +19,6 @@ from mlflow import MlflowClient
 
 from jobs import upload_tracking
 from pipeline.config import Config, with_overrides
-from pipeline.model.encoder import Encoder
-from pipeline.model.save import save_pretrained_st
 from pipeline.tracking import (
     CHAMPION,
     TrackingUnavailable,
@@ -62,13 +60,6 @@ def offline(tmp_path_factory):
     server = tmp_path_factory.mktemp("server") / "mlflow.db"
     shutil.copy(root / "outage" / "mlflow-offline" / "mlflow.db", server)
     return cfg, uri, printed.getvalue(), f"sqlite:///{server}"
-
-
-@pytest.fixture(scope="module")
-def st_folder(tiny_model_path, tmp_path_factory) -> str:
-    """The tiny model as a sentence-transformers folder, as the pipeline's ``final/``."""
-    encoder = Encoder.from_pretrained(tiny_model_path, device="cpu")
-    return save_pretrained_st(encoder, tmp_path_factory.mktemp("final") / "final")
 
 
 def test_outage_required_fails_fast_naming_the_uri(tmp_path):

@@ -4,7 +4,6 @@ nodes, and the run leaves what a single-node run leaves (see ``smoke_outputs``).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,8 @@ from pipeline.config import load_config
 HEAD_CPUS, WORKER_NODE_CPUS, CPUS_PER_TRAIN_WORKER = 2, 3, 1.6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def two_node_cluster():
+def two_node_cluster(free_port):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -37,7 +30,7 @@ def two_node_cluster():
             "object_store_memory": 200 * 1024**2,
             # its own dashboard port: the state API below needs this cluster's dashboard, and
             # another Ray on the machine (a demo, a job) already holds the default 8265
-            "dashboard_port": _free_port(),
+            "dashboard_port": free_port(),
         },
     )
     cluster.add_node(num_cpus=WORKER_NODE_CPUS, object_store_memory=200 * 1024**2)
