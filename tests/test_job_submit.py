@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = (REPO.parent / "shared" / "data").resolve()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head(tmp_path_factory, free_port):
     """A local Ray head with the job server; yields its dashboard address."""
     env = {
         **os.environ,
@@ -44,7 +37,7 @@ def ray_head(tmp_path_factory):
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    dashboard = _free_port()
+    dashboard = free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
     head = subprocess.Popen(
         [
@@ -52,15 +45,15 @@ def ray_head(tmp_path_factory):
             "start",
             "--head",
             "--block",
-            f"--port={_free_port()}",
+            f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
             # every port its own, so a Ray instance already running here cannot collide with it
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--num-cpus=2",
             "--object-store-memory=300000000",
             f"--temp-dir={temp_dir}",
