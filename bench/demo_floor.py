@@ -61,7 +61,6 @@ from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.fusion.select import method_variants  # noqa: E402
 from pipeline.model.buckets import forward_in_buckets  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402
-from pipeline.model.loading import resolve_model_path  # noqa: E402
 from pipeline.model.tokenize import pad, tokenize  # noqa: E402
 from pipeline.train.driver import dev_data, training_shards  # noqa: E402
 
@@ -169,7 +168,7 @@ def benchmark_texts(cfg: Config) -> Texts:
 
 
 def fusion_candidates_count(cfg: Config) -> int:
-    """K, the checkpoints the fuse stage merges (as ``pipeline.end_to_end.fusion_candidates`` picks)."""
+    """K, the checkpoints the fuse stage merges (as ``pipeline.stages.fuse.fusion_candidates`` picks)."""
     f = cfg.fusion
     if f.candidates == "modes":
         return len(f.modes or cfg.train.modes)
@@ -396,9 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     prepare.main(cfg)  # both cached by input hash, as in the pipeline
     mine.main(cfg)
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    model_path = cfg.model.resolved_path()
     encoder = Encoder.from_pretrained(
         model_path, pooling=cfg.model.pooling, normalize=cfg.model.normalize, device="cpu"
     )

@@ -46,7 +46,6 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.data.batches import SingleTaskBatches  # noqa: E402
 from pipeline.data.schedule import TRAIN_MODE_TASKS, TaskSchedule  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
-from pipeline.model.loading import resolve_model_path  # noqa: E402
 from pipeline.report.training import read_metrics  # noqa: E402
 
 WAIT_TARGET = 0.05
@@ -80,9 +79,7 @@ def ingest_rates(cfg: Config, tasks: Iterable[str], windows: int, per_window: in
     from pipeline.train.driver import task_datasets, training_shards
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # as ingest_config
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    model_path = cfg.model.resolved_path()
     pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
     shards = training_shards(cfg, tuple(tasks))
     datasets = task_datasets(cfg, shards, model_path)

@@ -75,12 +75,18 @@ def train_run(
     ``worker_env``; return its ``metrics.jsonl`` rows."""
     import ray
 
+    from pipeline.stages.train import base_model
     from pipeline.train.driver import build_trainer, check_data_headroom
 
     check_data_headroom(cfg, ray.cluster_resources().get("CPU", 0.0))
     metrics = storage.join(out, name, "metrics.jsonl")
     trainer = build_trainer(
-        cfg, mode, name=name, storage_path=storage.join(out, "ray"), metrics_path=metrics
+        cfg,
+        mode,
+        base_model=base_model(cfg),
+        name=name,
+        storage_path=storage.join(out, "ray"),
+        metrics_path=metrics,
     )
     if worker_env:  # build_trainer has no knob for RunConfig.worker_runtime_env
         trainer.run_config.worker_runtime_env = {"env_vars": dict(worker_env)}

@@ -47,7 +47,6 @@ from pipeline.config import with_overrides  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.losses import multi_positive_info_nce  # noqa: E402
 from pipeline.losses.gather import gather_with_grad  # noqa: E402
-from pipeline.model.loading import resolve_model_path  # noqa: E402
 
 LINKS_GBPS = (10, 25, 100)
 SCALE = {"workers": (8, 64), "queries": 16, "passages": 8, "dtypes": {"fp32": 4, "bf16": 2}}
@@ -211,9 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
     from transformers import AutoConfig
 
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    model_path = cfg.model.resolved_path()
     spec = {
         "queries": cfg.train.ir_global_batch // 2,
         "negatives": cfg.mining.num_negatives,

@@ -48,11 +48,10 @@ from pipeline import storage  # noqa: E402
 from pipeline.config import Config, SourceConfig, load_config  # noqa: E402
 from pipeline.data.batches import collate_ir, collate_sts  # noqa: E402
 from pipeline.data.beir import BeirSplit, load_corpus  # noqa: E402
-from pipeline.data.mining_stage import STATS_FILE, mined_shards  # noqa: E402
+from pipeline.data.mine_sources import STATS_FILE, mined_shards  # noqa: E402
 from pipeline.data.ray_datasets import tokenize_ir, tokenize_sts  # noqa: E402
 from pipeline.data.readers import read_source, source_path  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
-from pipeline.model.loading import resolve_model_path  # noqa: E402
 from pipeline.model.tokenize import instruction_prefix  # noqa: E402
 from pipeline.train.step import LossSettings, batch_size_and_tokens  # noqa: E402
 
@@ -187,9 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     device = torch.device("cpu")
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    model_path = cfg.model.resolved_path()
     per_window = {"ir": args.ir_steps, "sts": args.sts_steps}
     systems = Systems.load(
         model_path,

@@ -9,17 +9,14 @@ from __future__ import annotations
 from pipeline import storage
 from pipeline.cli import run_main
 from pipeline.config import Config
-from pipeline.end_to_end import evaluate_folder
 from pipeline.eval.table import eval_markdown
-from pipeline.model.loading import resolve_model_path
+from pipeline.stages import evaluate
 
 
 def main(cfg: Config) -> dict[str, dict[str, float]]:
-    model_path = resolve_model_path(
-        cfg.model.name_or_path, cfg.model.tiny_layers, cfg.model.tiny_hidden
-    )
+    model_path = cfg.model.resolved_path()
     print(f"[eval] model {cfg.model.name_or_path} -> {model_path}")
-    results = evaluate_folder(cfg, model_path)
+    results = evaluate.evaluate_folder(cfg, model_path)
     out_dir = storage.join(cfg.run.dir, "eval")
     storage.write_json(storage.join(out_dir, "eval.json"), results)
     table = eval_markdown(results, title=f"Evaluation of {cfg.model.name_or_path}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.cli import run_main
 from pipeline.config import Config
-from pipeline.data.mining_stage import run_mining
+from pipeline.stages import mine
 
 
 def _fraction(entry: dict[str, Any]) -> str:
@@ -23,7 +23,7 @@ def _fraction(entry: dict[str, Any]) -> str:
 
 def main(cfg: Config) -> dict[str, Any]:
     """Mine ``<run dir>/prepared``'s IR shards into ``<run dir>/mined``; returns ``stats.json``."""
-    stats = run_mining(cfg)
+    stats = mine.run(cfg)
     for name, entry in stats["sources"].items():
         if entry["copied"]:
             print(f"[mine] {name}: {entry['records']} records already have negatives, copied")

@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline import storage
 from pipeline.cli import run_main
 from pipeline.config import Config
-from pipeline.data.prepare import MANIFEST, BadDataError, prepare_sources
+from pipeline.data.prepare import BadDataError
+from pipeline.stages import prepare
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Prepare ``cfg.data.sources`` under ``<run dir>/prepared``; returns the manifest."""
-    out_dir = storage.join(cfg.run.dir, "prepared")
-    manifest = prepare_sources(cfg.data.sources, cfg.data.root, out_dir, cfg.data.max_bad_fraction)
+    manifest = prepare.run(cfg.data, cfg.run.dir)
     for name, entry in manifest["sources"].items():
         reasons = f" {entry['reasons']}" if entry["reasons"] else ""
         skipped = f"; left out by design {entry['skipped']}" if entry["skipped"] else ""
@@ -29,7 +28,7 @@ def main(cfg: Config) -> dict[str, Any]:
             f"{name} ({entry['task']}, {entry['format']}): read {entry['read']}, "
             f"kept {entry['kept']}, quarantined {entry['quarantined']}{reasons}{skipped}"
         )
-    print(f"manifest: {storage.join(out_dir, MANIFEST)}")
+    print(f"manifest: {prepare.manifest_path(cfg.run.dir)}")
     return manifest
 
 

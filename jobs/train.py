@@ -1,8 +1,8 @@
 """Train the configured mode(s) with Ray Train: ``python -m jobs.train --config configs/reproduce.yaml``.
 
-Needs ``jobs.prepare`` and ``jobs.mine`` first. ``train.mode=ir_only`` picks one mode; re-running
-the same run name and settings resumes from the latest checkpoint (changed settings start a new
-Ray Train run, see ``pipeline.train.driver.ray_run_name``)."""
+Needs ``jobs.prepare`` and ``jobs.mine`` first. ``train.mode=ir_only`` picks one mode; a finished
+mode with the same settings is reused, an interrupted one resumes from its latest checkpoint
+(changed settings start a new Ray Train run, see ``pipeline.stages.train.ray_run_name``)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import ray
 
 from pipeline.cli import run_main
 from pipeline.config import Config
-from pipeline.train.driver import train_mode
+from pipeline.stages import train
 
 
 def main(cfg: Config) -> None:
     ray.init(ignore_reinit_error=True)
-    outcome = train_mode(cfg, cfg.train.mode)
-    print(f"[train:{outcome.mode}] {outcome.steps} steps")
-    print(f"  final model : {outcome.final_model}")
-    print(f"  best model  : {outcome.best_model}  (by {cfg.train.checkpoint_metric})")
-    print(f"  metrics     : {outcome.metrics_path}")
+    mode = cfg.train.mode
+    done = train.run(cfg, [mode])[mode]
+    print(f"[train:{mode}] {done.get('steps', '?')} steps")
+    print(f"  final model : {done['final']}")
+    print(f"  best model  : {done['best']}  (by {cfg.train.checkpoint_metric})")
+    print(f"  metrics     : {done['metrics']}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +104,35 @@ class ModelConfig(_Section):
     tiny_layers: int = 2  # shape of the tiny-random model
     tiny_hidden: int = 64
 
+    def resolved_path(self) -> str:
+        """``name_or_path`` as a folder or id ``from_pretrained`` opens offline (the packaged
+        MiniLM's folder, a tiny random model built on first use)."""
+        from pipeline.model.loading import resolve_model_path
+
+        return resolve_model_path(self.name_or_path, self.tiny_layers, self.tiny_hidden)
+
+    def text_settings(self) -> TextSettings:
+        """How texts are cut and prefixed before encoding (this section's five text fields)."""
+        return TextSettings(
+            max_length_query=self.max_length_query,
+            max_length_passage=self.max_length_passage,
+            max_length_sts=self.max_length_sts,
+            instruction_ir=self.instruction_ir,
+            instruction_sts=self.instruction_sts,
+        )
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """Token limits and instruction prefixes of the texts an encoder reads: what tokenisation, dev
+    scoring, evaluation and mining need of ``ModelConfig``."""
+
+    max_length_query: int
+    max_length_passage: int
+    max_length_sts: int
+    instruction_ir: str
+    instruction_sts: str
+
 
 class MiningConfig(_Section):
     method: Literal["bm25", "dense", "both"] = "bm25"
@@ -111,6 +141,11 @@ class MiningConfig(_Section):
     margin: float | None = None  # drop candidates with dense score > positive's score - margin
     dev_queries: int = Field(100, ge=0)  # seeded held-out slice of the IR training queries
     dev_source: str = "scifact"  # which IR source the dev slice is cut from
+
+    @property
+    def encodes(self) -> bool:
+        """Whether mining encodes text (method ``dense`` / ``both``, or a ``margin``)."""
+        return self.method != "bm25" or self.margin is not None
 
 
 class SamplerConfig(_Section):

@@ -65,6 +65,13 @@ def makedirs(path: str) -> None:
     fs.create_dir(inner, recursive=True)
 
 
+def remove_file(path: str) -> None:
+    """Delete the file at ``path`` if there is one."""
+    if exists(path):
+        fs, inner = filesystem(path)
+        fs.delete_file(inner)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically where the filesystem allows it (temp file + rename on local disks)."""
     fs, inner = filesystem(path)

@@ -11,10 +11,10 @@ import pytest
 import ray
 import torch
 
-from pipeline import end_to_end
 from pipeline.config import ConfigError, load_config
 from pipeline.inference import inference_device, on_inference_device, precision_label
 from pipeline.model.encoder import autocast_dtype
+from pipeline.stages import evaluate, fuse
 from pipeline.train.driver import check_data_headroom, check_eval_every
 from pipeline.train.threads import cgroup_cpu_limit, dev_threads, usable_cpus, worker_threads
 
@@ -126,6 +126,6 @@ def test_device_evaluation_and_dev_scoring_leave_the_driver_on_gpu_runs(gpu_clus
     """The evaluate stage and the fuse stage's dev scoring run in a task holding the GPU: this
     machine has none, so the task (not the driver) reports that it sees no CUDA device."""
     cfg = load_config("smoke", ["train.use_gpu=true"])
-    score = end_to_end.evaluate_folder if stage == "evaluate" else end_to_end.dev_scores
+    score = evaluate.evaluate_folder if stage == "evaluate" else fuse.dev_scores
     with pytest.raises(ray.exceptions.RayTaskError, match="sees no CUDA device"):
         score(cfg, "/no/model/needed")

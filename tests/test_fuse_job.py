@@ -13,7 +13,7 @@ import jobs.fuse
 import jobs.mine
 import jobs.prepare
 from pipeline.config import load_config
-from pipeline.end_to_end import base_folder
+from pipeline.stages.train import base_model
 
 
 def perturbed_copy(base: str, out: Path, seed: int) -> str:
@@ -42,7 +42,7 @@ def smoke_run(tmp_path_factory, data_root, ray_session):
 
 def test_fuse_job_fuses_the_named_folders_and_chooses_on_dev(smoke_run):
     root, overrides = smoke_run
-    base = base_folder(load_config("smoke", overrides))
+    base = base_model(load_config("smoke", overrides))
     a = perturbed_copy(base, root / "cand-a", seed=1)
     b = perturbed_copy(base, root / "cand-b", seed=2)
     # a dev score recorded by another run (other dev data): the job must score the folder again

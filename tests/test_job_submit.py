@@ -20,8 +20,8 @@ import pytest
 from mlflow import MlflowClient
 from smoke_outputs import assert_smoke_run_outputs
 
-from pipeline import end_to_end
 from pipeline.config import load_config
+from pipeline.stages import fuse
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -135,9 +135,9 @@ def test_ray_job_submit_runs_the_smoke_pipeline(ray_head, tmp_path):
     # fusion takes each candidate's dev score from training: scoring the saved folder again agrees
     cfg = load_config("smoke", [f"run.root={root}", f"data.root={DATA}"])
     best = json.loads((root / "smoke" / "train" / "joint" / "done.json").read_text())["best"]
-    recorded = end_to_end.recorded_dev_objective(best, end_to_end.scoring_precision(cfg))
+    recorded = fuse.recorded_dev_objective(best, fuse.scoring_precision(cfg))
     assert recorded is not None
-    assert end_to_end.dev_scorer(cfg)(best) == pytest.approx(recorded, abs=1e-6)
+    assert fuse.dev_scorer(cfg)(best) == pytest.approx(recorded, abs=1e-6)
 
 
 @pytest.mark.slow  # about 5 min here: two submissions of the smoke pipeline

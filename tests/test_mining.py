@@ -318,7 +318,10 @@ def test_mine_job_writes_records_dev_slice_and_skips_when_unchanged(tmp_path, ca
     assert all(len(n) == cfg.mining.num_negatives for n in mined.column("negatives").to_pylist())
     assert stats["sources"]["scifact"]["qrels_positive_fraction"] == 0.0
     capsys.readouterr()
+    done = tmp_path / "smoke" / "mined" / "done.json"
+    key = storage.read_json(str(done))["input_hash"]
     assert mine.main(cfg) == stats
     assert "inputs unchanged" in capsys.readouterr().out
-    changed = mine.main(load_config("smoke", [f"run.root={tmp_path}", "mining.num_negatives=2"]))
-    assert changed["input_hash"] != stats["input_hash"]
+    mine.main(load_config("smoke", [f"run.root={tmp_path}", "mining.num_negatives=2"]))
+    assert "inputs unchanged" not in capsys.readouterr().out
+    assert storage.read_json(str(done))["input_hash"] != key

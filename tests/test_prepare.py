@@ -8,11 +8,12 @@ import pytest
 
 import jobs.prepare
 from pipeline import storage
-from pipeline.config import SourceConfig, load_config
+from pipeline.config import DataConfig, SourceConfig, load_config
 from pipeline.data import prepare
 from pipeline.data.prepare import BadDataError, prepare_sources, prepared_shards
 from pipeline.data.quarantine import read_quarantine
 from pipeline.data.records import SCHEMAS
+from pipeline.stages import prepare as prepare_stage
 
 PAIR = {"sentence1": "a", "sentence2": "b", "score": 2.5}
 QUERY = {"query": "q", "positives": ["p1", "p2"], "negatives": ["n"]}
@@ -62,27 +63,35 @@ def test_manifest_counts_add_up_and_shards_match(tmp_path, sources):
 
 
 def test_unchanged_inputs_are_skipped_changed_inputs_rerun(tmp_path, sources, monkeypatch):
-    out = str(tmp_path / "out")
-    first = prepare_sources(sources, str(tmp_path), out, max_bad_fraction=0.5)
+    run_dir = str(tmp_path / "run")
+    done = tmp_path / "run" / "prepared" / "done.json"
+
+    def stage(sources, max_bad_fraction=0.5) -> dict:
+        data = DataConfig(root=str(tmp_path), sources=sources, max_bad_fraction=max_bad_fraction)
+        return prepare_stage.run(data, run_dir)
+
+    first = stage(sources)
+    first_key = json.loads(done.read_text())["input_hash"]
 
     def no_reading(*args, **kwargs):
         raise AssertionError("inputs unchanged: nothing should be read")
 
     with monkeypatch.context() as patch:
         patch.setattr(prepare, "read_source", no_reading)
-        assert prepare_sources(sources, str(tmp_path), out, max_bad_fraction=0.5) == first
+        assert stage(sources) == first
         with pytest.raises(BadDataError, match="source 'pairs'"):  # the check runs on reuse too
-            prepare_sources(sources, str(tmp_path), out, max_bad_fraction=0.1)
+            stage(sources, max_bad_fraction=0.1)
 
     _write(tmp_path / "pairs.jsonl", [PAIR, PAIR, PAIR, PAIR])  # an input file changes
-    second = prepare_sources(sources, str(tmp_path), out, max_bad_fraction=0.5)
-    assert second["input_hash"] != first["input_hash"]
+    second = stage(sources)
+    second_key = json.loads(done.read_text())["input_hash"]
+    assert second_key != first_key
     assert (second["sources"]["pairs"]["kept"], second["sources"]["pairs"]["quarantined"]) == (4, 0)
     assert len(read_quarantine(second["quarantine"])) == 1
 
     limited = [sources[0].model_copy(update={"limit": 2}), sources[1]]  # the config changes
-    third = prepare_sources(limited, str(tmp_path), out, max_bad_fraction=0.5)
-    assert third["input_hash"] != second["input_hash"]
+    third = stage(limited)
+    assert json.loads(done.read_text())["input_hash"] not in (first_key, second_key)
     assert third["sources"]["pairs"]["read"] == 2
 
 

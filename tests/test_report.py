@@ -240,7 +240,7 @@ def test_held_out_check_against_the_base(results):
 
 
 def test_dev_selection_names_candidates_by_mode():
-    from pipeline.end_to_end import dev_selection_scores
+    from pipeline.stages.fuse import dev_selection_scores
 
     candidates = {"joint": "runs/demo/train/joint/best", "ir_only": "runs/demo/train/ir_only/best"}
     selection = {

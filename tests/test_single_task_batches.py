@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, TextSettings
 from pipeline.data.batches import (
     SingleTaskBatches,
     collate_ir,
@@ -45,7 +45,13 @@ SOURCES = [
     SourceConfig(name="scifact", task="ir", format="beir", path="scifact-beir", limit=100),
     SourceConfig(name="trecqa", task="ir", format="trecqa", path="trecqa-wang/train.csv", limit=20),
 ]
-LENGTHS = {"max_length_query": 32, "max_length_passage": 64, "max_length_sts": 32}
+TEXT = TextSettings(
+    max_length_query=32,
+    max_length_passage=64,
+    max_length_sts=32,
+    instruction_ir="",
+    instruction_sts="",
+)
 
 
 # ------------------------------------------------------------------------------- collate, no Ray
@@ -258,7 +264,7 @@ def walk(ray_session, shards, counts, tmp_path_factory) -> dict[str, list[list[d
         ],
     }
     datasets = build_task_datasets(
-        shards, tokenizer_path=packaged_model_path(), seed=SEED, **LENGTHS
+        shards, tokenizer_path=packaged_model_path(), text=TEXT, seed=SEED
     )
     TorchTrainer(
         _walk,

@@ -15,7 +15,7 @@ from jobs import mine, prepare
 from pipeline.config import load_config
 from pipeline.model.encoder import Encoder
 from pipeline.model.loading import resolve_model_path
-from pipeline.train.driver import train_mode
+from pipeline.stages.train import train_mode
 
 
 @pytest.fixture(scope="module")

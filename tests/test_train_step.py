@@ -149,3 +149,13 @@ def test_length_buckets_give_the_padded_step(batches, tiny_model_path, task):
     assert bucketed_losses == pytest.approx(padded_losses, rel=1e-5)
     for name, grad in padded_grads.items():
         torch.testing.assert_close(bucketed_grads[name], grad, atol=1e-6, rtol=1e-3)
+
+
+def test_loss_settings_mirror_the_loss_section():
+    """``LossSettings`` (the torch-only step's value object: it runs where pydantic is not installed)
+    has the fields and defaults of the config's ``loss`` section, which fills it."""
+    from dataclasses import asdict
+
+    from pipeline.config import LossConfig
+
+    assert asdict(LossSettings()) == LossConfig().model_dump()

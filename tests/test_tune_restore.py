@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_config
-from pipeline.end_to_end import fusion_candidates
+from pipeline.stages.fuse import fusion_candidates
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = [

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import ConfigError, load_config, with_overrides
-from pipeline.end_to_end import fusion_candidates
+from pipeline.stages.fuse import fusion_candidates
 from pipeline.train.dev import dev_objective
 from tune.report import trials_table, verdict, write_sweep_report
 from tune.runner import TrialRow, best_trials

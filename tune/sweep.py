@@ -19,9 +19,7 @@ import ray
 from pipeline import storage
 from pipeline.cli import run_main
 from pipeline.config import Config, ConfigError, with_absolute_paths
-from pipeline.data.mining_stage import run_mining
-from pipeline.data.prepare import prepare_sources
-from pipeline.end_to_end import base_folder, dev_scores, fuse_checkpoints
+from pipeline.stages import fuse, prepare_and_mine, train
 from pipeline.tracking import (
     TrackingUnavailable,
     log_artifact,
@@ -44,10 +42,10 @@ def fuse_best(cfg: Config, folder: str, best: list) -> dict | None:
     if len(best) < 2:
         return None
     candidates = {f"tune:{row.trial_id}": row.checkpoint for row in best}
-    selection, fused_folder = fuse_checkpoints(
-        cfg, base_folder(cfg), candidates, out=storage.join(folder, "fuse")
+    selection, fused_folder = fuse.run(
+        cfg, train.base_model(cfg), candidates, out=storage.join(folder, "fuse")
     )
-    dev = dev_scores(cfg, fused_folder)
+    dev = fuse.dev_scores(cfg, fused_folder)
     return {
         "name": f"fused:{selection['best']}",
         "folder": fused_folder,
@@ -65,13 +63,7 @@ def main(cfg: Config) -> dict:
     uri = tracking_or_offline(uri, cfg)  # fail fast, or track offline (tracking.required)
     cfg = with_absolute_paths(cfg)  # trials run in their own working directories
     ray.init(ignore_reinit_error=True)
-    prepare_sources(
-        cfg.data.sources,
-        cfg.data.root,
-        storage.join(cfg.run.dir, "prepared"),
-        cfg.data.max_bad_fraction,
-    )
-    run_mining(cfg)
+    prepare_and_mine(cfg)
     folder = sweep_dir(cfg)
     name = f"{cfg.run.name}-sweep-{cfg.tune.name}"
     with pipeline_run(uri, cfg.tracking.experiment, name, cfg.model_dump(mode="json")) as parent:

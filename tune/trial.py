@@ -12,6 +12,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pipeline import storage
 from pipeline.config import Config, with_overrides
 from pipeline.ray_compat import exit_when_tune_stops_trial
+from pipeline.stages.train import base_model
 from pipeline.tracking.mlflow_run import metric_name
 from pipeline.train.driver import build_trainer
 
@@ -58,6 +59,7 @@ def run_trial(params: dict[str, Any], *, base: Config, sweep_dir: str) -> None:
     trainer = build_trainer(
         cfg,
         cfg.tune.mode,
+        base_model=base_model(cfg),
         name=trial_id,
         storage_path=paths["storage"],
         metrics_path=paths["metrics"],

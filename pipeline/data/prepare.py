@@ -1,14 +1,11 @@
-"""The prepare stage: every configured source -> ``<out_dir>/<task>/<source>.parquet``, plus
+"""Data preparation: every configured source -> ``<out_dir>/<task>/<source>.parquet``, plus
 ``quarantine.jsonl`` (every bad record with file:line) and ``manifest.json`` (counts, reasons, input
-sha256s, shard paths). The stage is skipped when the manifest's input hash (input files' sha256 + the
-sources' config + :data:`PREPARE_VERSION`) matches; the bad-fraction check runs either way.
+sha256s, shard paths). Caching is the prepare stage's (``pipeline.stages.prepare``): it keys on
+:func:`source_inputs` and :data:`PREPARE_VERSION`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,14 +22,19 @@ from pipeline.data.quarantine import (
 )
 from pipeline.data.readers import ReadResult, check_source, read_source, source_files
 
-__all__ = ["BadDataError", "prepare_sources", "prepared_shards", "load_manifest", "shard_path"]
+__all__ = [
+    "BadDataError",
+    "prepare_sources",
+    "prepared_shards",
+    "load_manifest",
+    "shard_path",
+    "source_inputs",
+]
 
 PREPARE_VERSION = 1  # bump when the readers change what they write, so old outputs are not reused
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 TASKS = ("ir", "sts")
-
-log = logging.getLogger(__name__)
 
 
 def shard_path(out_dir: str, task: str, name: str) -> str:
@@ -68,40 +70,17 @@ def _check_sources(sources: Sequence[SourceConfig]) -> None:
         check_source(source)
 
 
-def _inputs(sources: Sequence[SourceConfig], data_root: str) -> tuple[str, dict[str, list[dict]]]:
-    """(input hash, source name -> [{path, sha256}]) without reading any record."""
-    inputs = {
+def source_inputs(sources: Sequence[SourceConfig], data_root: str) -> dict[str, list[dict]]:
+    """Source name -> its input files as ``[{path, sha256}]``, after checking the source list
+    (unique names that can name a file, readable formats); reads no record."""
+    _check_sources(sources)
+    return {
         source.name: [
             {"path": path, "sha256": storage.file_sha256(path)}
             for path in source_files(source, data_root)
         ]
         for source in sources
     }
-    payload = {
-        "version": PREPARE_VERSION,
-        "sources": [
-            {
-                "config": source.model_dump(mode="json"),
-                "sha256": [item["sha256"] for item in inputs[source.name]],
-            }
-            for source in sources
-        ],
-    }
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    return digest, inputs
-
-
-def _reusable(manifest: dict[str, Any] | None, digest: str, out_dir: str) -> bool:
-    if manifest is None or manifest.get("input_hash") != digest:
-        return False
-    entries = manifest["sources"].items()
-    return all(storage.exists(shard_path(out_dir, e["task"], name)) for name, e in entries)
-
-
-def _remove(path: str) -> None:
-    if storage.exists(path):
-        fs, inner = storage.filesystem(path)
-        fs.delete_file(inner)
 
 
 def _entry(
@@ -130,23 +109,22 @@ def _entry(
 
 
 def prepare_sources(
-    sources: Sequence[SourceConfig], data_root: str, out_dir: str, max_bad_fraction: float
+    sources: Sequence[SourceConfig],
+    data_root: str,
+    out_dir: str,
+    max_bad_fraction: float,
+    inputs: dict[str, list[dict]] | None = None,
 ) -> dict[str, Any]:
-    """Read, validate and write every source; returns the manifest (reused when inputs match).
+    """Read, validate and write every source; returns the manifest. ``inputs``: the sources'
+    :func:`source_inputs` when the caller already has them.
 
     Raises :class:`BadDataError` (after writing the quarantine file) when a source's
     quarantined/read exceeds ``max_bad_fraction``; no manifest is left behind then.
     """
-    _check_sources(sources)
-    digest, inputs = _inputs(sources, data_root)
+    inputs = source_inputs(sources, data_root) if inputs is None else inputs
     quarantine_path = storage.join(out_dir, QUARANTINE)
     manifest_path = storage.join(out_dir, MANIFEST)
-    previous = load_manifest(out_dir)
-    if _reusable(previous, digest, out_dir):
-        log.info("inputs unchanged (hash %s): reusing %s", digest[:12], manifest_path)
-        check_bad_fraction(previous["sources"], max_bad_fraction, quarantine_path)
-        return previous
-    _remove(manifest_path)  # a stale manifest must not outlive a failed re-run
+    storage.remove_file(manifest_path)  # a stale manifest must not outlive a failed re-run
     results = {source.name: read_source(source, data_root) for source in sources}
     write_quarantine(quarantine_path, {name: r.quarantined for name, r in results.items()})
     entries = {
@@ -162,7 +140,6 @@ def prepare_sources(
     for source in sources:
         storage.write_parquet(entries[source.name]["shard"], results[source.name].table)
     manifest = {
-        "input_hash": digest,
         "prepare_version": PREPARE_VERSION,
         "data_root": data_root,
         "quarantine": quarantine_path,

@@ -28,6 +28,7 @@ import ray
 import ray.train
 
 from pipeline import storage
+from pipeline.config import TextSettings
 from pipeline.model.tokenize import tokenize
 from pipeline.storage import filesystem
 
@@ -140,24 +141,21 @@ def build_task_datasets(
     shards: dict[str, list[str]],
     *,
     tokenizer_path: str,
-    max_length_query: int,
-    max_length_passage: int,
-    max_length_sts: int,
-    instruction_ir: str = "",
-    instruction_sts: str = "",
+    text: TextSettings,
     seed: int,
     tokenize_batch: int = 256,
 ) -> dict[str, ray.data.Dataset]:
     """``{task: Dataset}`` over the shards of each task (``prepared_shards(out_dir)``, restricted to
-    the tasks the run trains), lazily read, shuffled once with ``seed`` and tokenised. Hand the dict
-    to ``TorchTrainer(datasets=...)`` with ``dataset_config=ingest_config()``."""
+    the tasks the run trains), lazily read, shuffled once with ``seed`` and tokenised with ``text``'s
+    limits and instructions. Hand the dict to ``TorchTrainer(datasets=...)`` with
+    ``dataset_config=ingest_config()``."""
     kwargs = {
         "ir": {
-            "max_length_query": max_length_query,
-            "max_length_passage": max_length_passage,
-            "instruction": instruction_ir,
+            "max_length_query": text.max_length_query,
+            "max_length_passage": text.max_length_passage,
+            "instruction": text.instruction_ir,
         },
-        "sts": {"max_length": max_length_sts, "instruction": instruction_sts},
+        "sts": {"max_length": text.max_length_sts, "instruction": text.instruction_sts},
     }
     functions = {"ir": tokenize_ir, "sts": tokenize_sts}
     datasets = {}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import storage
-from pipeline.config import EvalBenchmark, SourceConfig
+from pipeline.config import EvalBenchmark, ModelConfig, SourceConfig, TextSettings
 from pipeline.data.beir import BeirSplit, load_corpus, load_split
 from pipeline.data.mining_retrieval import BM25Retriever
 from pipeline.data.readers import read_source, resolve_path
@@ -322,15 +322,13 @@ def run_benchmarks(
     batch_size: int = 64,
     sort_by_length: bool = True,
     corpus_chunk: int = 8192,
-    max_length_query: int = 64,
-    max_length_passage: int = 256,
-    max_length_sts: int = 64,
-    instruction_ir: str = "",
-    instruction_sts: str = "",
+    text: TextSettings | None = None,
 ) -> dict[str, dict[str, float]]:
     """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order
     (a text shared by several benchmarks is encoded once, see ``EmbeddingMemo``); prints each
-    benchmark's encoding progress every 30 s and its texts, seconds and texts/s at the end."""
+    benchmark's encoding progress every 30 s and its texts, seconds and texts/s at the end.
+    ``text``: token limits and instructions (default: ``ModelConfig``'s)."""
+    text = text or ModelConfig().text_settings()
     for bench in benchmarks:
         if bench.format not in FORMATS[bench.kind]:
             raise ValueError(
@@ -346,8 +344,8 @@ def run_benchmarks(
             results[bench.name] = evaluate_sts(
                 memo,
                 load_sts(bench, data_root),
-                max_length=max_length_sts,
-                instruction=instruction_sts,
+                max_length=text.max_length_sts,
+                instruction=text.instruction_sts,
                 batch_size=batch_size,
                 sort_by_length=sort_by_length,
             )
@@ -358,9 +356,9 @@ def run_benchmarks(
             results[bench.name] = evaluate_ir(
                 memo,
                 data,
-                max_length_query=max_length_query,
-                max_length_passage=max_length_passage,
-                instruction=instruction_ir,
+                max_length_query=text.max_length_query,
+                max_length_passage=text.max_length_passage,
+                instruction=text.instruction_ir,
                 batch_size=batch_size,
                 sort_by_length=sort_by_length,
                 corpus_chunk=corpus_chunk,

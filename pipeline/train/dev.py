@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import DEV_METRICS
+from pipeline.config import DEV_METRICS, TextSettings
 from pipeline.eval.benchmarks import IrData, StsData, evaluate_ir, evaluate_sts
 from pipeline.model.encoder import Encoder
 
@@ -28,12 +28,8 @@ class DevData:
 def evaluate_dev(
     encoder: Encoder,
     dev: DevData,
+    text: TextSettings,
     *,
-    max_length_query: int,
-    max_length_passage: int,
-    max_length_sts: int,
-    instruction_ir: str = "",
-    instruction_sts: str = "",
     batch_size: int = 64,
     objective: dict[str, float] | None = None,
 ) -> dict[str, float]:
@@ -44,8 +40,8 @@ def evaluate_dev(
         scores = evaluate_sts(
             encoder,
             dev.sts,
-            max_length=max_length_sts,
-            instruction=instruction_sts,
+            max_length=text.max_length_sts,
+            instruction=text.instruction_sts,
             batch_size=batch_size,
         )
         out["dev_sts_spearman"] = scores["spearman"]
@@ -53,9 +49,9 @@ def evaluate_dev(
         scores = evaluate_ir(
             encoder,
             dev.ir,
-            max_length_query=max_length_query,
-            max_length_passage=max_length_passage,
-            instruction=instruction_ir,
+            max_length_query=text.max_length_query,
+            max_length_passage=text.max_length_passage,
+            instruction=text.instruction_ir,
             batch_size=batch_size,
         )
         out["dev_ir_ndcg@10"] = scores["ndcg@10"]

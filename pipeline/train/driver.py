@@ -1,12 +1,12 @@
 """The Ray Train driver: datasets from the prepared and mined shards, the task schedule, the dev
-data, and one ``TorchTrainer.fit()`` per training mode. ``jobs.train`` and the pipeline call
-:func:`train_mode`."""
+data, and one ``TorchTrainer.fit()`` per training mode. The train stage (``pipeline.stages.train``)
+calls :func:`train_mode`; a Tune trial calls :func:`build_trainer`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray.data
 import ray.train
@@ -14,12 +14,11 @@ from ray.train.torch import TorchTrainer
 
 from pipeline import storage
 from pipeline.config import Config, ConfigError, EvalBenchmark
-from pipeline.data.mining_stage import mined_shards
+from pipeline.data.mine_sources import mined_shards
 from pipeline.data.prepare import prepared_shards
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
 from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
 from pipeline.eval.benchmarks import load_ir, load_sts
-from pipeline.stage_cache import input_hash
 from pipeline.train.dev import DevData
 from pipeline.train.loop import CHECKPOINT_RANK, TrainSettings, train_loop_per_worker
 from pipeline.train.metrics_log import MetricsLog
@@ -65,7 +64,6 @@ def train_settings(
     cfg: Config, mode: str, model_path: str, num_batches: dict[str, int]
 ) -> TrainSettings:
     """The worker's settings for ``mode`` from the config (the one place that reads it)."""
-    t, m = cfg.train, cfg.model
     schedule = schedule_for_run(
         mode,
         cfg.sampler.mode,
@@ -78,35 +76,12 @@ def train_settings(
         mode=mode,
         model_path=model_path,
         schedule=schedule,
-        global_batch={"ir": t.ir_global_batch, "sts": t.sts_global_batch},
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr=t.lr,
-        warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip,
-        max_tokens_per_batch=t.max_tokens_per_batch,
-        seed=cfg.run.seed,
-        pooling=m.pooling,
-        normalize=m.normalize,
-        gradient_checkpointing=m.gradient_checkpointing,
-        bf16=t.bf16,
-        bucket_rows=t.bucket_rows,
-        threads_per_worker=t.threads_per_worker,
-        cpus_per_worker=t.cpus_per_worker,
-        eval_bf16=cfg.eval.bf16,
+        train=cfg.train,
+        model=cfg.model,
+        eval=cfg.eval,
         loss=LossSettings(**cfg.loss.model_dump()),
+        seed=cfg.run.seed,
         dev=dev_data(cfg),
-        eval_every=t.eval_every,
-        checkpoint_every=t.checkpoint_every,
-        objective=t.objective,
-        checkpoint_metric=t.checkpoint_metric,
-        eval_batch_size=cfg.eval.batch_size,
-        max_length_query=m.max_length_query,
-        max_length_passage=m.max_length_passage,
-        max_length_sts=m.max_length_sts,
-        instruction_ir=m.instruction_ir,
-        instruction_sts=m.instruction_sts,
         fail_at_step=cfg.debug.fail_at_step,
         fault_marker=storage.join(storage.absolute(cfg.run.dir), "train", mode, ".fault_fired"),
     )
@@ -119,23 +94,17 @@ def task_datasets(
     progress bars are off: the split coordinator redrew every operator's bar for each split into the
     job log, and the training progress line already says how far the run is."""
     ray.data.DataContext.get_current().enable_progress_bars = False
-    m = cfg.model
-    return build_task_datasets(
-        shards,
-        tokenizer_path=model_path,
-        max_length_query=m.max_length_query,
-        max_length_passage=cfg.train.passage_length(m),
-        max_length_sts=m.max_length_sts,
-        instruction_ir=m.instruction_ir,
-        instruction_sts=m.instruction_sts,
-        seed=cfg.run.seed,
+    text = replace(
+        cfg.model.text_settings(), max_length_passage=cfg.train.passage_length(cfg.model)
     )
+    return build_task_datasets(shards, tokenizer_path=model_path, text=text, seed=cfg.run.seed)
 
 
 def build_trainer(
     cfg: Config,
     mode: str,
     *,
+    base_model: str,
     name: str,
     storage_path: str,
     metrics_path: str,
@@ -143,13 +112,10 @@ def build_trainer(
 ) -> TorchTrainer:
     """The ``TorchTrainer`` of one mode: Ray Data shards, the worker settings, checkpoints kept by
     ``train.checkpoint_metric``. A trainer built again with the same ``(storage_path, name)`` resumes
-    that run from its latest checkpoint (Ray Train V2)."""
-    from pipeline.end_to_end import base_folder
-
+    that run from its latest checkpoint (Ray Train V2). ``base_model``: the base encoder published
+    under the run dir, which every node can read (a path the driver resolved, e.g. the tiny model
+    built in its /tmp, exists on the driver's node only)."""
     tasks = TRAIN_MODE_TASKS[mode]
-    # the base model published under the run dir, which every node can read (a path the driver
-    # resolved, e.g. the tiny model built in its /tmp, exists on the driver's node only)
-    model_path = base_folder(cfg)
     shards = training_shards(cfg, tasks)
     global_batch = {"ir": cfg.train.ir_global_batch, "sts": cfg.train.sts_global_batch}
     counts = count_batches(shards, {t: global_batch[t] for t in tasks})
@@ -158,9 +124,9 @@ def build_trainer(
             f"[train:{mode}] {task}: {c.rows} records -> {c.batches} global batches of "
             f"{c.global_batch}, {c.dropped} left over per epoch"
         )
-    settings = train_settings(cfg, mode, model_path, {t: c.batches for t, c in counts.items()})
+    settings = train_settings(cfg, mode, base_model, {t: c.batches for t, c in counts.items()})
     check_eval_every(cfg, mode, settings.total_steps())
-    datasets = task_datasets(cfg, shards, model_path)
+    datasets = task_datasets(cfg, shards, base_model)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings},
@@ -230,33 +196,10 @@ def check_eval_every(cfg: Config, mode: str, total_steps: int) -> None:
         )
 
 
-def training_inputs_hash(cfg: Config, mode: str) -> str:
-    """sha256 of what decides a mode's training: the prepared and mined data (their stages' input
-    hashes), the model, loss, sampler and train settings, the seed."""
-    mined = storage.read_json(storage.join(cfg.run.dir, "mined", "stats.json"))
-    prepared = storage.read_json(storage.join(cfg.run.dir, "prepared", "manifest.json"))
-    return input_hash(
-        mode,
-        mined.get("input_hash"),
-        prepared["input_hash"],
-        cfg.model.model_dump(),
-        cfg.loss.model_dump(),
-        cfg.sampler.model_dump(),
-        cfg.train.model_dump(exclude={"modes", "mode"}),
-        cfg.run.seed,
-    )
-
-
-def ray_run_name(cfg: Config, mode: str) -> str:
-    """Ray Train's run folder under ``<run dir>/ray``: ``<run>-<mode>-<8 hex of the training
-    inputs>``. A job started again with the same settings resumes its checkpoints; one with changed
-    settings starts a new run instead of resuming the old settings' checkpoints."""
-    return f"{cfg.run.name}-{mode}-{training_inputs_hash(cfg, mode)[:8]}"
-
-
-def train_mode(cfg: Config, mode: str) -> TrainOutcome:
-    """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) with Ray Train into
-    ``<run dir>/train/<mode>``. Re-running with the same run directory and settings resumes."""
+def train_mode(cfg: Config, mode: str, *, base_model: str, run_name: str) -> TrainOutcome:
+    """Train one mode (``joint`` / ``ir_only`` / ``sts_only`` / ``mixed``) from ``base_model`` with
+    Ray Train into ``<run dir>/train/<mode>``, its checkpoints in ``<run dir>/ray/<run_name>``.
+    Re-running with the same run directory and ``run_name`` resumes."""
     run_dir = storage.absolute(cfg.run.dir)
     out_dir = storage.join(run_dir, "train", mode)
     metrics_path = storage.join(out_dir, "metrics.jsonl")
@@ -265,7 +208,8 @@ def train_mode(cfg: Config, mode: str) -> TrainOutcome:
     trainer = build_trainer(
         cfg,
         mode,
-        name=ray_run_name(cfg, mode),
+        base_model=base_model,
+        name=run_name,
         storage_path=storage.join(run_dir, "ray"),
         metrics_path=metrics_path,
     )

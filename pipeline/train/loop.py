@@ -14,13 +14,14 @@ import os
 import resource
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray.train
 import ray.train.torch
 import torch
 
 from pipeline import storage
+from pipeline.config import EvalConfig, ModelConfig, TrainConfig
 from pipeline.data.batches import SingleTaskBatches, per_worker_batches, timed
 from pipeline.data.schedule import TaskSchedule
 from pipeline.inference import precision_label
@@ -53,55 +54,30 @@ class InjectedFault(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything a worker needs; built by the driver (see ``pipeline.train.driver``)."""
+    """Everything a worker needs, built by the driver (see ``pipeline.train.driver``): the config
+    sections it reads (pydantic models pickle across Ray) and what the driver derives."""
 
     mode: str  # the training mode (joint, ir_only, ...), for the progress line
     model_path: str  # the base model folder under the run dir (a local path or a URI)
     schedule: TaskSchedule  # epoch 0's schedule; later epochs via ``for_epoch``
-    global_batch: dict[str, int]  # per task, all workers together
-    epochs: int = 1
-    max_steps: int | None = None
-    lr: float = 2e-5
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_tokens_per_batch: int | None = (
-        None  # per worker IR micro-batch, padded; over it: cut passages
-    )
-    seed: int = 49
-    pooling: str = "mean"
-    normalize: bool = True
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    bucket_rows: int = 16  # rows per length bucket of an encoder pass; 0 = one padded pass
-    threads_per_worker: int = 0  # torch threads; 0 = usable CPUs / workers on the node, <= reserved
-    cpus_per_worker: float = 1.0  # the worker's Ray reservation (caps its threads)
-    eval_bf16: bool = (
-        False  # bf16 autocast in the dev evaluation (CUDA only; see pipeline.inference)
-    )
-    loss: LossSettings = field(default_factory=LossSettings)
+    train: TrainConfig
+    model: ModelConfig
+    eval: EvalConfig  # the dev evaluation's batch size and bf16
+    loss: LossSettings
+    seed: int
     dev: DevData | None = None
-    eval_every: int = 0  # 0: only at the end
-    checkpoint_every: int = (
-        0  # checkpoints between evaluations too (no dev score); 0: at evals only
-    )
-    objective: dict[str, float] | None = None  # weights of the dev objective (None: plain mean)
-    checkpoint_metric: str = "dev_objective"  # the dev metric that ranks checkpoints
-    eval_batch_size: int = 64
-    max_length_query: int = 64
-    max_length_passage: int = 256
-    max_length_sts: int = 64
-    instruction_ir: str = ""
-    instruction_sts: str = ""
+    fault_marker: str = ""  # created when ``debug.fail_at_step`` fired (not again on restart)
     fail_at_step: int | None = None  # debug: crash once when this global step starts
-    fault_marker: str = (
-        ""  # a file created when the fault fired (so a restart does not fire it again)
-    )
+
+    @property
+    def global_batch(self) -> dict[str, int]:
+        """Per task, all workers together."""
+        return {"ir": self.train.ir_global_batch, "sts": self.train.sts_global_batch}
 
     def total_steps(self) -> int:
         """Optimizer steps of the whole run (the schedule's epochs, capped by ``max_steps``)."""
-        steps = sum(len(self.schedule.for_epoch(e)) for e in range(self.epochs))
-        return min(steps, self.max_steps) if self.max_steps else steps
+        steps = sum(len(self.schedule.for_epoch(e)) for e in range(self.train.epochs))
+        return min(steps, self.train.max_steps) if self.train.max_steps else steps
 
 
 def _dev_metrics(encoder: Encoder, s: TrainSettings, local_workers: int) -> dict:
@@ -112,16 +88,12 @@ def _dev_metrics(encoder: Encoder, s: TrainSettings, local_workers: int) -> dict
     threads = torch.get_num_threads()
     torch.set_num_threads(dev_threads(threads, local_workers))
     try:
-        return {"dev_precision": precision_label(encoder.device, s.eval_bf16)} | evaluate_dev(
+        return {"dev_precision": precision_label(encoder.device, s.eval.bf16)} | evaluate_dev(
             encoder,
             s.dev,
-            max_length_query=s.max_length_query,
-            max_length_passage=s.max_length_passage,
-            max_length_sts=s.max_length_sts,
-            instruction_ir=s.instruction_ir,
-            instruction_sts=s.instruction_sts,
-            batch_size=s.eval_batch_size,
-            objective=s.objective,
+            s.model.text_settings(),
+            batch_size=s.eval.batch_size,
+            objective=s.train.objective,
         )
     finally:
         torch.set_num_threads(threads)
@@ -158,25 +130,26 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     local_workers = ctx.get_local_world_size()
-    torch.set_num_threads(worker_threads(s.threads_per_worker, local_workers, s.cpus_per_worker))
+    t = s.train
+    torch.set_num_threads(worker_threads(t.threads_per_worker, local_workers, t.cpus_per_worker))
     torch.manual_seed(s.seed)
     device = ray.train.torch.get_device()
     encoder = Encoder.from_pretrained(
         storage.fetch(s.model_path),  # the run dir's base model, copied to this node
-        pooling=s.pooling,
-        normalize=s.normalize,
-        gradient_checkpointing=s.gradient_checkpointing,
+        pooling=s.model.pooling,
+        normalize=s.model.normalize,
+        gradient_checkpointing=s.model.gradient_checkpointing,
         device=device,
-        bf16=s.eval_bf16,
+        bf16=s.eval.bf16,
         # saved checkpoints (and the registered pyfunc) truncate passages where evaluation does
-        max_seq_length=s.max_length_passage,
+        max_seq_length=s.model.max_length_passage,
     )
     model = ray.train.torch.prepare_model(
         encoder, move_to_device=False, parallel_strategy_kwargs=DDP_OPTIONS
     )
-    optimizer = build_optimizer(encoder, lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = build_optimizer(encoder, lr=t.lr, weight_decay=t.weight_decay)
     total = s.total_steps()
-    scheduler = build_scheduler(optimizer, total_steps=total, warmup_ratio=s.warmup_ratio)
+    scheduler = build_scheduler(optimizer, total_steps=total, warmup_ratio=t.warmup_ratio)
 
     position = Position()
     checkpoint = ray.train.get_checkpoint()
@@ -200,14 +173,14 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker = per_worker_batches(s.global_batch, world)
     pad_id = encoder.tokenizer.pad_token_id
     step = position.step
-    for epoch in range(s.epochs):
+    for epoch in range(t.epochs):
         batches = SingleTaskBatches(
             shards,
             s.schedule.for_epoch(epoch),
             per_worker,
             pad_id,
             start_step=step,
-            max_tokens=s.max_tokens_per_batch,
+            max_tokens=t.max_tokens_per_batch,
         )
         for data_wait_s, (global_step, task, batch) in timed(batches):
             if global_step >= total:
@@ -220,11 +193,11 @@ def train_loop_per_worker(config: dict) -> None:
                 task,
                 batch,
                 settings=s.loss,
-                grad_clip=s.grad_clip,
+                grad_clip=t.grad_clip,
                 device=device,
                 dim=encoder.dim,
-                bf16=s.bf16,
-                bucket_rows=s.bucket_rows,
+                bf16=t.bf16,
+                bucket_rows=t.bucket_rows,
             )
             step = global_step + 1
             line = progress.update(step, task, metrics["loss"]) if rank == 0 else None
@@ -235,14 +208,14 @@ def train_loop_per_worker(config: dict) -> None:
             ir_batch = batch.get("ir", batch) if task != "sts" else {}
             if "passage_tokens_cap" in ir_batch:
                 metrics["passage_tokens_cap"] = ir_batch["passage_tokens_cap"]
-            evaluate = step == total or (s.eval_every and step % s.eval_every == 0)
+            evaluate = step == total or (t.eval_every and step % t.eval_every == 0)
             if evaluate:
                 metrics.update(
                     total_steps=total,
                     **(_dev_metrics(encoder, s, local_workers) if rank == 0 else {}),
                 )
-            if evaluate or (s.checkpoint_every and step % s.checkpoint_every == 0):
-                metrics[CHECKPOINT_RANK] = metrics.get(s.checkpoint_metric, UNSCORED)
+            if evaluate or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                metrics[CHECKPOINT_RANK] = metrics.get(t.checkpoint_metric, UNSCORED)
                 _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step)
             else:
                 ray.train.report(metrics)

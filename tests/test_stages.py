@@ -1,17 +1,20 @@
 """The pipeline stages' bookkeeping without training: evaluation shared between models with the same
-weights, the dev scores fusion takes from training instead of measuring again, and the Ray Train run
-folder that changes with the training settings."""
+weights, the dev scores fusion takes from training instead of measuring again, the Ray Train run
+folder that changes with the training settings, the one done-marker scheme, and the layering (no
+component imports a stage)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from pipeline import end_to_end
 from pipeline.config import load_config
+from pipeline.stage_cache import cached, mark_done
+from pipeline.stages import evaluate, fuse
 
 
 def weights_folder(folder: Path, value: float, metadata: dict | None = None) -> str:
@@ -34,8 +37,8 @@ def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
         evaluated.append(Path(folder).name)
         return {"stsb-test": {"spearman": float(len(evaluated))}}
 
-    monkeypatch.setattr(end_to_end, "evaluate_folder", fake_evaluate)
-    results = end_to_end.evaluate_models(cfg, folders)
+    monkeypatch.setattr(evaluate, "evaluate_folder", fake_evaluate)
+    results = evaluate.run(cfg, folders)
     assert evaluated == ["joint", "ir_only"]
     assert results == {
         "joint": {"stsb-test": {"spearman": 1.0}},
@@ -43,17 +46,17 @@ def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
         "fused:greedy_soup": {"stsb-test": {"spearman": 1.0}},
     }
     # a second run finds all three in the cache
-    assert end_to_end.evaluate_models(cfg, folders) == results and len(evaluated) == 2
+    assert evaluate.run(cfg, folders) == results and len(evaluated) == 2
 
 
 def test_recorded_dev_objective_comes_from_the_checkpoint_state(tmp_path):
     folder = weights_folder(tmp_path / "best", 1.0)
-    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
+    assert fuse.recorded_dev_objective(folder, "cpu-fp32") is None
     metrics = {"dev_objective": 81.5, "dev_precision": "cpu-fp32", "loss": 0.3}
     (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": metrics}))
-    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") == 81.5
+    assert fuse.recorded_dev_objective(folder, "cpu-fp32") == 81.5
     (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": {}}))
-    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
+    assert fuse.recorded_dev_objective(folder, "cpu-fp32") is None
 
 
 def test_device_recorded_dev_objective_in_another_precision_is_not_compared(tmp_path):
@@ -61,25 +64,48 @@ def test_device_recorded_dev_objective_in_another_precision_is_not_compared(tmp_
     folder = weights_folder(tmp_path / "best", 1.0)
     metrics = {"dev_objective": 81.5, "dev_precision": "cuda-bf16"}
     (tmp_path / "best" / "train_state.json").write_text(json.dumps({"step": 9, "metrics": metrics}))
-    assert end_to_end.recorded_dev_objective(folder, "cuda-bf16") == 81.5
-    assert end_to_end.recorded_dev_objective(folder, "cpu-fp32") is None
-    assert end_to_end.recorded_dev_objective(folder, "cuda-fp32") is None
+    assert fuse.recorded_dev_objective(folder, "cuda-bf16") == 81.5
+    assert fuse.recorded_dev_objective(folder, "cpu-fp32") is None
+    assert fuse.recorded_dev_objective(folder, "cuda-fp32") is None
 
 
 def test_ray_run_folder_changes_with_the_training_settings(tmp_path):
-    from pipeline.train.driver import ray_run_name
+    from pipeline.stages.train import ray_run_name
 
     def name(*overrides: str) -> str:
         return ray_run_name(load_config("smoke", [f"run.root={tmp_path}", *overrides]), "joint")
 
     run_dir = tmp_path / "smoke"
-    for stage, record in (("mined", "stats.json"), ("prepared", "manifest.json")):
+    for stage in ("mined", "prepared"):
         (run_dir / stage).mkdir(parents=True, exist_ok=True)
-        (run_dir / stage / record).write_text(json.dumps({"input_hash": "a"}))
+        (run_dir / stage / "done.json").write_text(json.dumps({"input_hash": "a"}))
     first = name()
     assert first.startswith("smoke-joint-") and name() == first  # same settings: resume
     # changed settings or data: a new run, never the old settings' checkpoints
     assert name("loss.ir_temperature=0.07") != first
     assert name("train.lr=1e-5") != first
-    (run_dir / "mined" / "stats.json").write_text(json.dumps({"input_hash": "b"}))
+    (run_dir / "mined" / "done.json").write_text(json.dumps({"input_hash": "b"}))
     assert name() != first
+
+
+def test_a_stage_record_whose_outputs_are_gone_is_not_reused(tmp_path):
+    out, shard = str(tmp_path / "stage"), tmp_path / "stage" / "a.parquet"
+    shard.parent.mkdir()
+    shard.write_bytes(b"x")
+    mark_done(out, "key", outputs=[str(shard)])
+    assert cached(out, "key") == {"input_hash": "key", "outputs": [str(shard)]}
+    assert cached(out, "other key") is None
+    shard.unlink()
+    assert cached(out, "key") is None
+
+
+def test_no_component_imports_a_stage():
+    """Stages orchestrate the components, never the other way round."""
+    package = Path(__file__).resolve().parent.parent / "pipeline"
+    imports_stage = re.compile(r"^\s*(from|import) pipeline\.stages", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.relative_to(package).parts[0] != "stages" and imports_stage.search(path.read_text())
+    ]
+    assert offenders == []
