@@ -376,12 +376,6 @@ class Config(_Section):
             raise ValueError(f"mining.rank_window={self.mining.rank_window}: need 1 <= low <= high")
         return self
 
-    def resolve_data_path(self, path: str) -> str:
-        """A source path as readers open it: absolute paths and URIs unchanged, else under data.root."""
-        if "://" in path or os.path.isabs(path):
-            return path
-        return os.path.join(self.data.root, path)
-
 
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
