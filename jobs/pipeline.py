@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import ray
 
@@ -53,7 +54,7 @@ def main(cfg: Config) -> dict:
     ray.init(ignore_reinit_error=True)
     clock = StageClock()
     with pipeline_run(uri, cfg.tracking.experiment, cfg.run.name, cfg.model_dump(mode="json")):
-        prepare_and_mine(cfg, lambda name, record: tracked_stage(clock, name, record))
+        prepare_and_mine(cfg, partial(tracked_stage, clock))
         with tracked_stage(clock, "train"):
             base = train.base_model(cfg)
             trained = train.run(cfg)
