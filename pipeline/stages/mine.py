@@ -11,6 +11,7 @@ from pipeline import storage
 from pipeline.config import Config
 from pipeline.data.mine_sources import STATS_FILE, MineSource, mine_sources
 from pipeline.data.prepare import load_manifest
+from pipeline.data.readers import resolve_path
 from pipeline.inference import inference_device, on_inference_device
 from pipeline.model.encoder import Encoder
 from pipeline.stage_cache import cached, input_hash, mark_done, recorded_hash
@@ -61,7 +62,9 @@ def run(cfg: Config) -> dict[str, Any]:
         MineSource(
             name=name,
             shard=entry["shard"],
-            beir_folder=cfg.resolve_data_path(entry["path"]) if entry["format"] == "beir" else None,
+            beir_folder=resolve_path(entry["path"], cfg.data.root)
+            if entry["format"] == "beir"
+            else None,
             split=entry["split"],
         )
         for name, entry in manifest["sources"].items()
