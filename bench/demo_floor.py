@@ -58,7 +58,7 @@ from pipeline.data.ray_datasets import count_batches  # noqa: E402
 from pipeline.data.schedule import MIXED, schedule_for_run  # noqa: E402
 from pipeline.eval.benchmarks import load_ir, load_sts  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
-from pipeline.fusion.select import method_variants  # noqa: E402
+from pipeline.fusion.registry import get_method  # noqa: E402
 from pipeline.model.buckets import forward_in_buckets  # noqa: E402
 from pipeline.model.encoder import Encoder  # noqa: E402
 from pipeline.model.tokenize import pad, tokenize  # noqa: E402
@@ -180,17 +180,14 @@ def fusion_candidates_count(cfg: Config) -> int:
 
 
 def fuse_scorings(cfg: Config) -> int:
-    """Dev scorings of the fuse stage: every variant of the per-tensor methods' grid, plus greedy
-    soup's K - 1 trial mixtures, less the one equal to the plain soup (two candidates, ``soup`` also
-    tried: same weights, scored once). Candidates trained in the run keep the score their training
-    recorded; ``fusion.paths`` folders are scored again."""
+    """Dev scorings of the fuse stage: each method's, as its spec counts them (every variant of a
+    per-tensor method's grid; greedy soup's trial mixtures, less one equal to a model scored
+    already). Candidates trained in the run keep the score their training recorded;
+    ``fusion.paths`` folders are scored again."""
     f = cfg.fusion
-    knobs = f.method_knobs()
-    grid = {k: v for k, v in knobs.items() if k != "methods"}
-    scorings = sum(len(method_variants(m, **grid)) for m in f.methods if m != "greedy_soup")
     k = fusion_candidates_count(cfg)
-    if "greedy_soup" in f.methods:
-        scorings += max(k - 1, 0) - (1 if k == 2 and "soup" in f.methods else 0)
+    knobs = f.method_knobs()
+    scorings = sum(get_method(m).dev_scorings(k, f.methods, knobs) for m in f.methods)
     return scorings + (k if f.candidates == "paths" else 0)
 
 

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.fusion import registry as fusion_registry
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -235,10 +246,11 @@ class EvalConfig(_Section):
     )  # points the registered model may lose to the base
 
 
-class FusionConfig(_Section):
-    methods: list[Literal["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]] = Field(
-        default_factory=lambda: ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
-    )
+class _FusionChoice(_Section):
+    """The fusion section's own fields; ``FusionConfig`` adds one field per method knob."""
+
+    # registered methods (pipeline/fusion/registry.py), tried in this order
+    methods: list[str] = Field(default_factory=lambda: list(fusion_registry.METHODS))
     # modes: each mode's best checkpoint; top_k: train.mode's kept checkpoints; tune_best_k: the best
     # tune.best_k trials of the sweep tune.name (run `python -m tune.sweep` first); paths: the model
     # folders in fusion.paths (e.g. checkpoints of runs with different settings)
@@ -247,14 +259,16 @@ class FusionConfig(_Section):
     modes: list[TrainMode] = Field(default_factory=list)
     paths: list[str] = Field(default_factory=list)  # candidates "paths": local folders or URIs
     num_cpus: float = Field(2.0, gt=0.0)  # the fusion task's CPUs = its dev scoring's threads
-    delta_power: list[float] = Field(default_factory=lambda: [1.0, 2.0])
-    delta_granularity: Literal["element", "tensor"] = "element"
-    delta_normalize: Literal["none", "tensor", "global"] = "tensor"
-    ta_lambda: list[float] = Field(default_factory=lambda: [0.5, 0.7, 1.0])
-    ties_density: float = Field(0.2, gt=0.0, le=1.0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_registered(cls, methods: list[str]) -> list[str]:
+        for name in methods:
+            fusion_registry.get_method(name)  # a ValueError listing the registered ones
+        return methods
 
     @model_validator(mode="after")
-    def _paths_named(self) -> FusionConfig:
+    def _paths_named(self) -> _FusionChoice:
         if self.candidates == "paths" and len(self.paths) < 2:
             raise ValueError(
                 f"fusion.candidates=paths needs at least two model folders in fusion.paths, "
@@ -266,6 +280,17 @@ class FusionConfig(_Section):
         """The fusion methods and their knobs (``fuse_and_select``'s keywords), without the fields
         that say which checkpoints to fuse."""
         return self.model_dump(exclude={"candidates", "modes", "paths", "num_cpus"})
+
+
+# A field per knob of the registered methods, as each method file's SPEC declares it (type, bounds,
+# default grid): delta_power, delta_granularity, delta_normalize, ta_lambda, ties_density.
+FusionConfig = create_model(
+    "FusionConfig",
+    __base__=_FusionChoice,
+    __module__=__name__,
+    __doc__="Which checkpoints the fuse stage merges, with which methods and knob grids.",
+    **{name: knob.config_field() for name, knob in fusion_registry.knobs().items()},
+)
 
 
 class TrackingConfig(_Section):

@@ -3,7 +3,6 @@ folder (copied files, atomic write, clear errors), greedy soup, dev-only selecti
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from safetensors.torch import save_file
 
 from pipeline.fusion import fuse, fuse_and_select, greedy_soup
 from pipeline.fusion.delta import delta_merge, delta_weights
-from pipeline.fusion.registry import METHODS, Method
+from pipeline.fusion.registry import METHODS, MethodSpec
 from pipeline.fusion.stream import NonFiniteWeights, check_finite
 from pipeline.fusion.ties import ties_merge
 
@@ -221,8 +220,10 @@ def test_mismatched_checkpoints_fail_naming_the_tensor(tmp_path, base):
     with pytest.raises(ValueError, match="'emb.weight' of the base is missing"):
         fuse(base_dir, [missing], tmp_path / "out", "soup")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ValueError, match="unknown fusion method 'greedy_soup'.*greedy"):
+    with pytest.raises(ValueError, match="'greedy_soup' is a search.*greedy.greedy_soup"):
         fuse(base_dir, [cand], tmp_path / "out", "greedy_soup")
+    with pytest.raises(ValueError, match=r"unknown fusion method 'nope'; known: \['delta'"):
+        fuse(base_dir, [cand], tmp_path / "out", "nope")
     with pytest.raises(TypeError, match="power"):
         fuse(base_dir, [cand], tmp_path / "out", "soup", power=2.0)
     with pytest.raises(ValueError, match="one of the inputs"):
@@ -240,14 +241,14 @@ def test_failed_write_leaves_the_output_complete_or_absent(tmp_path, base, monke
             raise OSError("disk full")
         return base_t
 
-    monkeypatch.setitem(METHODS, "soup", Method(failing))
+    monkeypatch.setitem(METHODS, "soup", MethodSpec("soup", failing))
     with pytest.raises(OSError, match="disk full"):
         fuse(base_dir, [cand], tmp_path / "out", "soup")
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
     previous = read(fuse(base_dir, [cand], tmp_path / "out", "soup"))
     calls.clear()
-    monkeypatch.setitem(METHODS, "soup", Method(failing))
+    monkeypatch.setitem(METHODS, "soup", MethodSpec("soup", failing))
     with pytest.raises(OSError, match="disk full"):
         fuse(base_dir, [cand], tmp_path / "out", "soup")
     for name, tensor in read(tmp_path / "out").items():  # the earlier complete output is intact
@@ -309,11 +310,32 @@ def test_fuse_and_select_scores_every_variant_and_keeps_the_best(tmp_path):
     )
 
 
-def test_select_takes_the_fusion_config_as_keywords():
-    from pipeline.config import FusionConfig
+def test_fusion_config_knobs_are_the_method_files_declarations():
+    """``FusionConfig``'s knob fields, defaults and checks come from the methods' specs, and its
+    ``method_knobs()`` are the keywords ``fuse_and_select`` takes and each spec's grid reads."""
+    from pipeline.config import ConfigError, FusionConfig, load_config
+    from pipeline.fusion.registry import knobs
 
-    params = inspect.signature(fuse_and_select).parameters
-    assert set(FusionConfig().method_knobs()) <= set(params)
+    cfg = FusionConfig()
+    assert set(cfg.method_knobs()) == {"methods", *knobs()}
+    assert cfg.methods == ["delta", "soup", "greedy_soup", "task_arithmetic", "ties"]
+    assert cfg.delta_power == [1.0, 2.0] and cfg.ta_lambda == [0.5, 0.7, 1.0]
+    assert cfg.delta_granularity == "element" and cfg.delta_normalize == "tensor"
+    assert cfg.ties_density == 0.2
+    assert METHODS["delta"].variants(cfg.method_knobs()) == [
+        {"power": 1.0, "granularity": "element", "normalize": "tensor"},
+        {"power": 2.0, "granularity": "element", "normalize": "tensor"},
+    ]
+    assert METHODS["ties"].variants({"ties_density": 1}) == [{"density": 1.0}]
+    assert METHODS["soup"].variants({}) == [{}]
+    with pytest.raises(ConfigError, match=r"fusion.methods.*unknown fusion method 'nope'"):
+        load_config("demo", ["fusion.methods=[soup,nope]"])
+    with pytest.raises(ConfigError, match="fusion.ties_density"):
+        load_config("demo", ["fusion.ties_density=1.5"])
+    with pytest.raises(ConfigError, match="fusion.delta_normalize"):
+        load_config("demo", ["fusion.delta_normalize=max"])
+    with pytest.raises(TypeError, match="unknown fusion knobs"):
+        fuse_and_select("base", [], "out", score_fn=len, ta_lamda=[0.5])
 
 
 def test_ray_task_matches_local(tmp_path, base, ray_session):
@@ -375,7 +397,7 @@ def test_fuse_and_select_refuses_overflowing_variants_and_keeps_the_rest(tmp_pat
 
 
 def test_publish_final_refuses_a_model_with_nan_weights(tmp_path):
-    from pipeline.end_to_end import publish_final
+    from pipeline.stages.register import publish_final
 
     bad = constant_ckpt(tmp_path, "chosen", float("inf"))
     with pytest.raises(NonFiniteWeights, match="chosen"):

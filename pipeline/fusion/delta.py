@@ -20,9 +20,12 @@ The paper does not publish its formula; this family and its knobs are picked on 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+from pipeline.fusion.spec import Knob, MethodSpec
+
+if TYPE_CHECKING:
+    import torch
 
 Granularity = Literal["element", "tensor"]
 Normalize = Literal["none", "tensor", "global"]
@@ -46,6 +49,8 @@ def delta_weights(
         scales: per-checkpoint global scales s_k (mean |δ_k| over the whole checkpoint), needed for
             normalize="global"; ``stream.fuse`` computes them in a first pass (``prepare``).
     """
+    import torch  # here, not at the top: the config reads SPEC without loading torch
+
     if normalize == "global":
         if scales is None or len(scales) != len(deltas):
             raise ValueError("normalize='global' needs one scale per checkpoint (see prepare)")
@@ -105,6 +110,8 @@ def prepare(
 
     Streams ``(name, θ_0, [δ_k])`` one tensor at a time; reads nothing for the other normalisations.
     """
+    import torch
+
     if normalize != "global":
         return {}
     totals: list[float] = []
@@ -114,3 +121,15 @@ def prepare(
         totals = [t + s for t, s in zip(totals, sums)] if totals else sums
         count += ds[0].numel()
     return {"scales": [t / max(count, 1) for t in totals]}
+
+
+SPEC = MethodSpec(
+    name="delta",
+    fn=delta_merge,
+    prepare=prepare,
+    knobs=(
+        Knob("power", "delta_power", float, default=(1.0, 2.0), grid=True),
+        Knob("granularity", "delta_granularity", Granularity, default="element"),
+        Knob("normalize", "delta_normalize", Normalize, default="tensor"),
+    ),
+)

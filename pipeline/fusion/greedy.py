@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.fusion.stream import fuse
-
-ScoreFn = Callable[[str], float]  # folder -> dev score, higher is better; never test data
+from pipeline.fusion.spec import MethodSpec, ScoreFn
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,8 @@ def greedy_soup(
         score_fn: a dev scorer, ``folder -> float`` (higher is better); it must never see test data.
         candidate_scores: dev scores of the candidates already computed (keyed by ``str(folder)``).
     """
+    from pipeline.fusion.stream import fuse  # torch: not loaded when the config reads SPEC
+
     paths = [str(c) for c in candidates]
     scores = dict(candidate_scores or {})
     for path in paths:
@@ -64,3 +64,13 @@ def greedy_soup(
         else:
             shutil.rmtree(trial)
     return GreedySoup(folder=str(out), members=members, score=best)
+
+
+def trial_scorings(k: int, methods: Sequence[str]) -> int:
+    """Dev scorings of greedy soup's trial mixtures with ``k`` candidates (scored beside the
+    candidates' own): one per candidate after the first, less the mixture of two when ``soup`` is
+    also tried (the same weights, scored once)."""
+    return max(k - 1, 0) - (1 if k == 2 and "soup" in methods else 0)
+
+
+SPEC = MethodSpec(name="greedy_soup", search=greedy_soup, search_scorings=trial_scorings)

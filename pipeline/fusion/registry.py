@@ -1,47 +1,47 @@
-"""The fusion methods by name. Each is a per-tensor pure function run by ``stream.fuse``:
-
-    fn(base: Tensor, deltas: list[Tensor], **knobs) -> Tensor     # θ_0, [θ_k − θ_0], -> fused θ
-
-optionally with ``prepare(deltas_stream, **knobs) -> extra knobs``, a first pass over every tensor for
-statistics a single tensor cannot give (delta's global normalisation). ``greedy_soup`` is a search
-over soups with a dev scorer, not a per-tensor method: see ``pipeline.fusion.greedy``.
+"""The fusion methods by name: each method file's ``SPEC`` (see ``pipeline.fusion.spec``), registered in
+the order ``fusion.methods`` lists them by default. Adding a method is one file declaring ``SPEC`` and
+one line in ``BUILT_IN``; selection, ``FusionConfig`` (``fusion.methods`` and a field per knob) and
+``bench/demo_floor.py`` read it from here. No torch at import: ``pipeline.config`` imports this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import importlib
 
-import torch
+from pipeline.fusion.spec import Knob, MethodSpec, knob_fields
 
-from pipeline.fusion import delta, soup, task_arithmetic, ties
+BUILT_IN = (
+    "pipeline.fusion.delta",
+    "pipeline.fusion.soup",
+    "pipeline.fusion.greedy",
+    "pipeline.fusion.task_arithmetic",
+    "pipeline.fusion.ties",
+)
 
-TensorFn = Callable[..., torch.Tensor]
-PrepareFn = Callable[..., dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Method:
-    """A per-tensor fusion function and its optional first pass."""
-
-    fn: TensorFn
-    prepare: PrepareFn | None = None
+METHODS: dict[str, MethodSpec] = {}
 
 
-METHODS: dict[str, Method] = {
-    "delta": Method(delta.delta_merge, delta.prepare),
-    "soup": Method(soup.soup_merge),
-    "task_arithmetic": Method(task_arithmetic.task_arithmetic_merge),
-    "ties": Method(ties.ties_merge),
-}
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` under its name (a name already taken, or a knob field declared differently by
+    another method, is a ``ValueError``); returns it."""
+    if spec.name in METHODS:
+        raise ValueError(f"fusion method {spec.name!r} is registered twice")
+    knob_fields([*METHODS.values(), spec])
+    METHODS[spec.name] = spec
+    return spec
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> MethodSpec:
     """The registered method ``name``, or a ``ValueError`` listing the known ones."""
     if name not in METHODS:
-        hint = " (a search over soups: pipeline.fusion.greedy.greedy_soup)" * (
-            name == "greedy_soup"
-        )
-        raise ValueError(f"unknown fusion method {name!r}{hint}; known: {sorted(METHODS)}")
+        raise ValueError(f"unknown fusion method {name!r}; known: {list(METHODS)}")
     return METHODS[name]
+
+
+def knobs() -> dict[str, Knob]:
+    """``FusionConfig`` field -> knob, over every registered method."""
+    return knob_fields(METHODS.values())
+
+
+for _module in BUILT_IN:
+    register(importlib.import_module(_module).SPEC)

@@ -3,8 +3,10 @@
     best, scores, folder = fuse_and_select(base, candidates, "runs/demo/fuse", score_fn=dev_score,
                                            methods=["delta", "soup", "greedy_soup"], delta_power=[1, 2])
 
-``score_fn`` must be a dev scorer (e.g. the mean of STS-B dev Spearman and the IR dev slice's nDCG@10):
-the choice is made on it alone, so test benchmarks stay held out. Layout of ``out_dir``:
+The grid of each per-tensor method is its spec's (``MethodSpec.variants``: every combination of its
+grid knobs' values); a search method (greedy soup) runs its own search. ``score_fn`` must be a dev
+scorer (e.g. the mean of STS-B dev Spearman and the IR dev slice's nDCG@10): the choice is made on it
+alone, so test benchmarks stay held out. Layout of ``out_dir``:
 
     <method>/          the best variant of each method (what a report evaluates on test)
     selection.json     {"best", "scores" (every variant), "folders" (per method), "candidate_scores",
@@ -19,11 +21,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.fusion.delta import Granularity, Normalize
-from pipeline.fusion.greedy import ScoreFn, greedy_soup
+from pipeline.fusion import registry
+from pipeline.fusion.spec import ScoreFn
 from pipeline.fusion.stream import NonFiniteWeights, fuse, weights_digest
-
-ALL_METHODS = ("delta", "soup", "greedy_soup", "task_arithmetic", "ties")
 
 
 def variant_name(method: str, knobs: dict[str, object]) -> str:
@@ -31,30 +31,6 @@ def variant_name(method: str, knobs: dict[str, object]) -> str:
     if not knobs:
         return method
     return f"{method}({', '.join(f'{k}={v}' for k, v in knobs.items())})"
-
-
-def method_variants(
-    method: str,
-    *,
-    delta_power: Sequence[float],
-    delta_granularity: Granularity,
-    delta_normalize: Normalize,
-    ta_lambda: Sequence[float],
-    ties_density: float,
-) -> list[dict[str, object]]:
-    """The knob settings tried for one per-tensor method (the grid of the config's lists)."""
-    if method == "delta":
-        return [
-            {"power": float(p), "granularity": delta_granularity, "normalize": delta_normalize}
-            for p in delta_power
-        ]
-    if method == "task_arithmetic":
-        return [{"lam": float(lam)} for lam in ta_lambda]
-    if method == "ties":
-        return [{"density": float(ties_density)}]
-    if method == "soup":
-        return [{}]
-    raise ValueError(f"unknown fusion method {method!r}; known: {list(ALL_METHODS)}")
 
 
 class ScoreMemo:
@@ -89,13 +65,9 @@ def fuse_and_select(
     out_dir: str | os.PathLike,
     *,
     score_fn: ScoreFn,
-    methods: Sequence[str] = ALL_METHODS,
-    delta_power: Sequence[float] = (1.0, 2.0),
-    delta_granularity: Granularity = "element",
-    delta_normalize: Normalize = "tensor",
-    ta_lambda: Sequence[float] = (0.5, 0.7, 1.0),
-    ties_density: float = 0.2,
+    methods: Sequence[str] | None = None,
     known_scores: Mapping[str, float] | None = None,
+    **knobs: object,
 ) -> tuple[str, dict[str, float], str]:
     """Fuse with every method × knob setting, score each on dev, return the best.
 
@@ -107,39 +79,36 @@ def fuse_and_select(
         candidates: the K fine-tuned checkpoint folders.
         out_dir: receives one folder per method (its best variant) and ``selection.json``.
         score_fn: ``folder -> dev score`` (higher is better); a dev scorer only, never test data.
-        methods: names from delta, soup, greedy_soup, task_arithmetic, ties.
-        delta_power, delta_granularity, delta_normalize: delta's grid (see ``fusion.delta``).
-        ta_lambda: task arithmetic's λ grid.
-        ties_density: TIES' kept fraction (λ = 1).
+        methods: registered names (``registry.METHODS``); None: all of them, in registry order.
         known_scores: dev scores already measured, by folder (the candidates' from training); a
             model whose weights equal a scored one is never scored again.
+        knobs: the methods' knob fields, e.g. ``delta_power=[1, 2]``, ``ta_lambda=[0.5]``,
+            ``ties_density=0.2`` (each method file's ``SPEC.knobs``); one left out: its default.
 
     Returns:
         (best variant name, e.g. "delta(power=2.0, ...)", {variant name: dev score} for every variant
         tried, the best variant's folder ``out_dir/<method>``).
     """
+    methods = list(registry.METHODS) if methods is None else methods
     if not methods:
         raise ValueError("fusion.methods is empty: name at least one method")
+    unknown = sorted(set(knobs) - set(registry.knobs()))
+    if unknown:
+        raise TypeError(f"unknown fusion knobs {unknown}; known: {sorted(registry.knobs())}")
+    specs = [registry.get_method(method) for method in methods]  # an unknown name before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid = {
-        "delta_power": delta_power,
-        "delta_granularity": delta_granularity,
-        "delta_normalize": delta_normalize,
-        "ta_lambda": ta_lambda,
-        "ties_density": ties_density,
-    }
     scores: dict[str, float] = {}
     folders: dict[str, str] = {}
     method_of: dict[str, str] = {}
     score_fn = ScoreMemo(score_fn, known_scores)
     candidate_scores = {str(c): score_fn(str(c)) for c in candidates}
     refused: dict[str, str] = {}
-    for method in methods:
-        folder = out / method
-        if method == "greedy_soup":
+    for spec in specs:
+        method, folder = spec.name, out / spec.name
+        if spec.search is not None:
             try:
-                result = greedy_soup(
+                result = spec.search(
                     base, candidates, folder, score_fn, candidate_scores=candidate_scores
                 )
             except NonFiniteWeights as exc:
@@ -148,10 +117,10 @@ def fuse_and_select(
             scores[method], folders[method], method_of[method] = result.score, result.folder, method
             continue
         best_here = float("-inf")
-        for knobs in method_variants(method, **grid):
-            name = variant_name(method, knobs)
+        for setting in spec.variants(knobs):
+            name = variant_name(method, setting)
             try:
-                trial = Path(fuse(base, candidates, out / ".trial", method, **knobs))
+                trial = Path(fuse(base, candidates, out / ".trial", method, **setting))
             except NonFiniteWeights as exc:
                 refused[name] = _refuse(name, exc)
                 continue

@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from pipeline.fusion.spec import MethodSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def soup_merge(base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -19,3 +24,6 @@ def soup_merge(base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
     for d in deltas:
         fused += d / len(deltas)
     return fused
+
+
+SPEC = MethodSpec(name="soup", fn=soup_merge)

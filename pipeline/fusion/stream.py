@@ -217,10 +217,16 @@ def fuse(
         base: the pre-trained folder θ_0 (its non-weight files are copied to the output).
         candidates: K >= 1 fine-tuned folders θ_k with the base's tensor names and shapes.
         out_dir: the new folder; replaced only once the fused one is complete.
-        method: a name in ``pipeline.fusion.registry.METHODS`` (delta, soup, task_arithmetic, ties).
+        method: a per-tensor method of ``pipeline.fusion.registry.METHODS`` (delta, soup,
+            task_arithmetic, ties; greedy_soup is a search, run by ``fusion.select``).
         knobs: the method's keyword arguments (e.g. ``power=2.0`` for delta, ``lam=0.5``).
     """
     spec = get_method(method)
+    if spec.fn is None:
+        raise ValueError(
+            f"fusion method {method!r} is a search over fused models, not a per-tensor method: "
+            f"call {spec.search.__module__}.{spec.search.__name__}"
+        )
     inspect.signature(spec.fn).bind(None, [], **knobs)  # unknown knob: TypeError before any work
     base_dir, out = Path(base).resolve(), Path(out_dir).resolve()
     if not candidates:

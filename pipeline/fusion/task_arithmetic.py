@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from pipeline.fusion.spec import Knob, MethodSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def task_arithmetic_merge(
@@ -22,3 +27,10 @@ def task_arithmetic_merge(
     for d in deltas:
         fused += lam * d
     return fused
+
+
+SPEC = MethodSpec(
+    name="task_arithmetic",
+    fn=task_arithmetic_merge,
+    knobs=(Knob("lam", "ta_lambda", float, default=(0.5, 0.7, 1.0), grid=True),),
+)

@@ -9,11 +9,18 @@ deltas that agree with it, so checkpoints pulling an element in opposite directi
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from pipeline.fusion.spec import Knob, MethodSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _top_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     """True on the round(density·n) elements (at least 1) of largest |δ| (ties broken by topk)."""
+    import torch  # here, not at the top: the config reads SPEC without loading torch
+
     flat = delta.reshape(-1)
     keep = max(1, round(density * flat.numel()))
     if keep >= flat.numel():
@@ -34,6 +41,8 @@ def ties_merge(
         density: fraction of each δ_k's elements kept, by magnitude, in (0, 1].
         lam: λ, the scale of the merged delta.
     """
+    import torch
+
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density={density}: expected 0 < density <= 1")
     masks = [_top_mask(d, density) for d in deltas]
@@ -48,3 +57,10 @@ def ties_merge(
         total += d * agree
         count += agree
     return base + lam * total / count.clamp_min(1.0)
+
+
+SPEC = MethodSpec(
+    name="ties",
+    fn=ties_merge,
+    knobs=(Knob("density", "ties_density", float, default=0.2, bounds={"gt": 0.0, "le": 1.0}),),
+)
