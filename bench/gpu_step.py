@@ -33,8 +33,9 @@ counted. MFU = FLOPs / step time / the device's matrix-product rate, measured he
 Padding: ours runs each encoder pass as length-sorted buckets of ``--bucket-rows`` rows, each trimmed
 to its longest row (``pipeline.model.buckets``; 0 = one dynamically padded pass, as
 sentence-transformers does). Not implemented: varlen attention, compiled kernels, CUDA graphs. The
-interleaved timing, the matrix-product rate and the report come from ``bench/_timing.py``; sentence-transformers 3.x to 6.x
-are supported (its losses moved to ``sentence_transformers.sentence_transformer.losses`` in 6).
+interleaved timing, the matrix-product rate and the report come from ``bench/_timing.py``;
+sentence-transformers 3.x to 6.x are supported (its losses moved to
+``sentence_transformers.sentence_transformer.losses`` in 6).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Writing the sentence-transformers folder layout: ``save_pretrained_st`` writes an encoder so
-``SentenceTransformer(path)`` loads it (``pipeline.model.st_settings`` reads such a folder's head back).
+``SentenceTransformer(path)`` loads it (``pipeline.model.st_settings`` reads its head back).
 
 Written in the classic layout (``sentence_transformers.models.*`` module names, ``pooling_mode_*`` keys)
 that sentence-transformers 2.x to 6.x all read:
