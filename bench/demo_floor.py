@@ -9,7 +9,7 @@ It counts the model FLOPs of every text each stage of ``jobs.pipeline`` puts thr
 the config, from the run's own prepared and mined data (the prepare and mine stages run first, cached
 as in the pipeline), and divides them by two rates measured here:
 
-- ``peak``: a large float32 matrix product on all cores (``bench.gpu_step.matmul_tflops``, the best
+- ``peak``: a large float32 matrix product on all cores (``bench._timing.matmul_tflops``, the best
   of three windows). No code runs the encoder faster, so work / peak is a hard lower bound.
 - ``encoder``: the project's own code, all cores in one process, on texts drawn from the stage's own
   (medians of ``--repeats``): ``forward_in_buckets`` forward + backward for training (Ray Train's two
