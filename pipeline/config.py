@@ -31,6 +31,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 Task = Literal["ir", "sts"]
 DEV_METRICS = ("dev_sts_spearman", "dev_ir_ndcg@10")  # what in-loop evaluation reports (x100)
+# an objective key "dev:<eval benchmark name>" adds that benchmark's headline score (STS Spearman,
+# IR nDCG@10) to dev scoring, e.g. out-of-domain retrieval the trained data does not cover
+DEV_BENCHMARK_PREFIX = "dev:"
+SPLIT_FORMATS = ("beir", "snli", "hf")  # formats whose `split` picks the file; others read `path`
 Pooling = Literal["mean", "cls", "last_token"]
 TrainMode = Literal["joint", "ir_only", "sts_only", "mixed"]
 
@@ -214,7 +218,9 @@ class TrainConfig(_Section):
     keep_top_k: int = Field(2, gt=0)
     checkpoint_metric: str = "dev_objective"  # dev_objective | dev_mean | dev_sts_spearman | ...
     # the dev objective: weights of the dev metrics (renormalised over those a run has); it ranks
-    # checkpoints, fusion variants and Tune trials
+    # checkpoints, fusion variants and Tune trials. Keys: DEV_METRICS, or "dev:<eval benchmark>" for
+    # a benchmark scored as dev data at every evaluation (never one marked held_out, never a file
+    # some source trains on)
     objective: dict[str, float] = Field(
         default_factory=lambda: {"dev_sts_spearman": 0.5, "dev_ir_ndcg@10": 0.5}
     )
@@ -390,16 +396,59 @@ class Config(_Section):
                 raise ValueError(
                     f"{key}=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
                 )
-        unknown = set(self.train.objective) - set(DEV_METRICS)
-        if unknown or not any(w > 0 for w in self.train.objective.values()):
-            raise ValueError(
-                f"train.objective={self.train.objective}: weights of {list(DEV_METRICS)}, "
-                "at least one positive"
-            )
+        self._check_objective()
         lo, hi = self.mining.rank_window
         if not 1 <= lo <= hi:
             raise ValueError(f"mining.rank_window={self.mining.rank_window}: need 1 <= low <= high")
         return self
+
+    def _check_objective(self) -> None:
+        objective = self.train.objective
+        keys = [k for k in objective if k not in DEV_METRICS]
+        unknown = [k for k in keys if not k.startswith(DEV_BENCHMARK_PREFIX)]
+        if unknown or not any(w > 0 for w in objective.values()):
+            raise ValueError(
+                f"train.objective={objective}: weights of {list(DEV_METRICS)} or "
+                f"'{DEV_BENCHMARK_PREFIX}<eval benchmark name>', at least one positive"
+            )
+        for name in objective_benchmarks(objective):
+            bench = next((b for b in self.eval.benchmarks if b.name == name), None)
+            if bench is None:
+                known = [b.name for b in self.eval.benchmarks]
+                raise ValueError(
+                    f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', but eval.benchmarks "
+                    f"has no benchmark {name!r} (known: {known})"
+                )
+            if bench.held_out:
+                raise ValueError(
+                    f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', which eval.benchmarks "
+                    "marks held_out: true; what the objective sees chooses checkpoints and fusion, "
+                    "so it is no longer held out (drop it from the objective, or add a dev "
+                    "benchmark on other data)"
+                )
+            source = next((s for s in self.data.sources if _same_file(s, bench)), None)
+            if source is not None:
+                raise ValueError(
+                    f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', which reads "
+                    f"{bench.path!r}, the file data.sources {source.name!r} trains on"
+                )
+
+
+def objective_benchmarks(objective: dict[str, float]) -> list[str]:
+    """The eval benchmarks (by name) that ``train.objective`` scores as dev data, weight > 0."""
+    return [
+        key.removeprefix(DEV_BENCHMARK_PREFIX)
+        for key, weight in objective.items()
+        if key.startswith(DEV_BENCHMARK_PREFIX) and weight > 0
+    ]
+
+
+def _same_file(source: SourceConfig, bench: EvalBenchmark) -> bool:
+    """Whether ``bench`` reads the records ``source`` trains on (same path, and same split where the
+    format picks its file by split)."""
+    if os.path.normpath(source.path) != os.path.normpath(bench.path):
+        return False
+    return source.split == bench.split if bench.format in SPLIT_FORMATS else True
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

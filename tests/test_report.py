@@ -15,9 +15,11 @@ from pipeline.report import (
     no_negative_transfer,
     pareto_front,
     plot_tradeoff,
+    render_report,
     stage_table,
     write_report,
 )
+from pipeline.report.tables import held_out_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -237,6 +239,35 @@ def test_held_out_check_against_the_base(results):
     assert (
         "not measured (base missing)" in held_out_check(results, held_out, chosen="fused:delta")[1]
     )
+
+
+def test_held_out_table_gives_each_model_its_distance_to_the_base(results):
+    for model, trec in {"base": 70.0, "joint": 71.25, "fused:delta": 68.5}.items():
+        results[model]["trecqa-dev"] = {"ndcg@10": trec}
+    table = held_out_table(results, {"trecqa-dev": "ir"}, chosen="fused:delta")
+    assert _row(table, "base") == ["base", "70.00", "0.00"]
+    assert _row(table, "fused:delta (registered)")[1:] == ["68.50", "-1.50"]
+    assert _row(table, "joint")[1:] == ["**71.25**", "**1.25**"]
+    assert _row(table, "sts_only")[1:] == ["–", "–"]  # not scored there
+
+
+def test_the_objectives_extra_dev_benchmarks_get_their_own_section(results):
+    for model, trec in {"base": 70.0, "fused:delta": 72.0}.items():
+        results[model]["trecqa-train"] = {"ndcg@10": trec}
+    text = render_report(
+        results,
+        chosen="fused:delta",
+        dev_selection={"fused:delta": 77.3},
+        stage_times={},
+        notes=[],
+        title="t",
+        held_out={"stsb-test": "sts"},
+        objective_dev={"trecqa-train": "ir"},
+    )
+    extra = text.split("## Extra dev benchmarks of the objective")[1]
+    assert "not held out" in extra.splitlines()[0]
+    assert "trecqa-train nDCG@10" in extra and "72.00" in extra and "2.00" in extra
+    assert "trecqa-train" not in text.split("## Held-out benchmarks")[1].split("## Extra")[0]
 
 
 def test_dev_selection_names_candidates_by_mode():

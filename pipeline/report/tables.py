@@ -254,14 +254,19 @@ HEADLINE = {"sts": "spearman", "ir": "ndcg@10"}  # the metric a held-out benchma
 
 
 def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str | None) -> str:
-    """Every model's headline metric (STS Spearman, IR nDCG@10) on each held-out benchmark."""
-    columns = [(_label(bench, HEADLINE[kind]), "max") for bench, kind in held_out.items()]
-    rows = {
-        _row_name(model, chosen): [
-            metric(results, model, bench, HEADLINE[kind]) for bench, kind in held_out.items()
-        ]
-        for model in results
-    }
+    """Every model's headline metric (STS Spearman, IR nDCG@10) on each benchmark of ``held_out``
+    (name -> kind), each followed by the model's difference to the base in points."""
+    columns = []
+    for bench, kind in held_out.items():
+        columns += [(_label(bench, HEADLINE[kind]), "max"), ("vs base", "max")]
+    rows = {}
+    for model in results:
+        cells: list[float | None] = []
+        for bench, kind in held_out.items():
+            value = metric(results, model, bench, HEADLINE[kind])
+            base = metric(results, "base", bench, HEADLINE[kind])
+            cells += [value, None if value is None or base is None else value - base]
+        rows[_row_name(model, chosen)] = cells
     return markdown_table("model", columns, rows)
 
 

@@ -49,8 +49,10 @@ def render_report(
     ir_dev: str = "ir-dev",
     held_out: Mapping[str, str] | None = None,
     held_out_tolerance: float = 1.0,
+    objective_dev: Mapping[str, str] | None = None,
 ) -> str:
-    """The Markdown text of the report; ``held_out`` maps each held-out benchmark to its kind."""
+    """The Markdown text of the report; ``held_out`` maps each held-out benchmark to its kind,
+    ``objective_dev`` each extra dev benchmark of the objective (``dev:<name>``) to its kind."""
     points = tradeoff_points(results, sts_bench=sts_bench, ir_bench=ir_bench)
     front = ", ".join(pareto_front(points)) or "–"
     dev = dict(sts_bench=sts_dev, ir_bench=ir_dev)
@@ -74,6 +76,11 @@ def render_report(
             + "\n\n"
             + _bullets(check)
         )
+    if objective_dev:
+        sections.append(
+            "## Extra dev benchmarks of the objective (selection sees them: not held out)\n\n"
+            + held_out_table(results, objective_dev, chosen=chosen)
+        )
     if notes:
         sections.append("## Notes\n\n" + _bullets(notes))
     sections.append("## Wall time per stage\n\n" + stage_table(stage_times))
@@ -95,6 +102,7 @@ def write_report(
     ir_dev: str = "ir-dev",
     held_out: Mapping[str, str] | None = None,
     held_out_tolerance: float = 1.0,
+    objective_dev: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Write ``report.md`` and ``tradeoff.png`` under ``out_dir``; return {"report", "tradeoff"} paths."""
     paths = {
@@ -114,6 +122,7 @@ def write_report(
         ir_dev=ir_dev,
         held_out=held_out,
         held_out_tolerance=held_out_tolerance,
+        objective_dev=objective_dev,
         **benches,
     )
     storage.write_bytes(paths["report"], text.encode("utf-8"))

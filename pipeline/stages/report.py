@@ -5,7 +5,7 @@ line per mode). Not cached: it records this run's stage times and registration."
 from __future__ import annotations
 
 from pipeline import storage
-from pipeline.config import Config
+from pipeline.config import Config, objective_benchmarks
 from pipeline.report import write_report
 from pipeline.report.training import dev_only_note, plot_dev_curves, training_notes
 
@@ -38,6 +38,11 @@ def run(
         title=f"CoDiEmb on Ray — run {cfg.run.name}",
         held_out={b.name: b.kind for b in cfg.eval.benchmarks if b.held_out},
         held_out_tolerance=cfg.eval.held_out_tolerance,
+        objective_dev={
+            b.name: b.kind
+            for b in cfg.eval.benchmarks
+            if b.name in objective_benchmarks(cfg.train.objective)
+        },
     )
     paths["dev_curves"] = storage.join(cfg.run.dir, "dev_curves.png")
     plot_dev_curves(metrics, paths["dev_curves"])

@@ -1,4 +1,5 @@
-"""Dev evaluation inside training: STS-B dev Spearman and IR dev nDCG@10, their mean and the weighted
+"""Dev evaluation inside training: STS-B dev Spearman and IR dev nDCG@10, their mean, any extra dev
+benchmarks the objective names (``dev:<benchmark>``, e.g. out-of-domain retrieval) and the weighted
 dev objective (``train.objective``; the default checkpoint metric). Dev data only — never a test split.
 
 The IR dev set is the held-out slice of the training queries (``mined/ir_dev.json``). Searching the
@@ -8,7 +9,7 @@ pool (``train.dev_ir_pool``; see ``pipeline.eval.benchmarks.bm25_pool``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,10 +20,36 @@ from pipeline.model.encoder import Encoder
 
 @dataclass(frozen=True)
 class DevData:
-    """What every in-loop evaluation scores: STS dev pairs and an IR dev slice (either may be None)."""
+    """What every in-loop evaluation scores: STS dev pairs and an IR dev slice (either may be None),
+    and the extra dev benchmarks of the objective by metric name (``dev:<benchmark>``)."""
 
     sts: StsData | None
     ir: IrData | None
+    extra: dict[str, StsData | IrData] = field(default_factory=dict)
+
+
+def headline_score(
+    encoder: Encoder, data: StsData | IrData, text: TextSettings, batch_size: int
+) -> float:
+    """One dev set's headline score (x100): Spearman for STS pairs, nDCG@10 for retrieval."""
+    if isinstance(data, StsData):
+        scores = evaluate_sts(
+            encoder,
+            data,
+            max_length=text.max_length_sts,
+            instruction=text.instruction_sts,
+            batch_size=batch_size,
+        )
+        return scores["spearman"]
+    scores = evaluate_ir(
+        encoder,
+        data,
+        max_length_query=text.max_length_query,
+        max_length_passage=text.max_length_passage,
+        instruction=text.instruction_ir,
+        batch_size=batch_size,
+    )
+    return scores["ndcg@10"]
 
 
 def evaluate_dev(
@@ -33,30 +60,19 @@ def evaluate_dev(
     batch_size: int = 64,
     objective: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """``dev_sts_spearman``, ``dev_ir_ndcg@10`` (x100), ``dev_mean`` of the ones available and
-    ``dev_objective`` (see :func:`dev_objective`; the plain mean when ``objective`` is None)."""
-    out: dict[str, float] = {}
-    if dev.sts is not None:
-        scores = evaluate_sts(
-            encoder,
-            dev.sts,
-            max_length=text.max_length_sts,
-            instruction=text.instruction_sts,
-            batch_size=batch_size,
-        )
-        out["dev_sts_spearman"] = scores["spearman"]
-    if dev.ir is not None:
-        scores = evaluate_ir(
-            encoder,
-            dev.ir,
-            max_length_query=text.max_length_query,
-            max_length_passage=text.max_length_passage,
-            instruction=text.instruction_ir,
-            batch_size=batch_size,
-        )
-        out["dev_ir_ndcg@10"] = scores["ndcg@10"]
+    """``dev_sts_spearman``, ``dev_ir_ndcg@10`` (x100), ``dev_mean`` of those two where present, one
+    ``dev:<benchmark>`` score per extra dev set and ``dev_objective`` (see :func:`dev_objective`;
+    the plain mean of the two when ``objective`` is None)."""
+    sets = {"dev_sts_spearman": dev.sts, "dev_ir_ndcg@10": dev.ir, **dev.extra}
+    out = {
+        name: headline_score(encoder, data, text, batch_size)
+        for name, data in sets.items()
+        if data is not None
+    }
     if out:
-        out["dev_mean"] = float(np.mean(list(out.values())))
+        in_domain = [out[name] for name in DEV_METRICS if name in out]
+        if in_domain:
+            out["dev_mean"] = float(np.mean(in_domain))
         out["dev_objective"] = dev_objective(out, objective)
     return out
 

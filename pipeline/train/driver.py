@@ -13,7 +13,13 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipeline import storage
-from pipeline.config import Config, ConfigError, EvalBenchmark
+from pipeline.config import (
+    DEV_BENCHMARK_PREFIX,
+    Config,
+    ConfigError,
+    EvalBenchmark,
+    objective_benchmarks,
+)
 from pipeline.data.mine_sources import mined_shards
 from pipeline.data.prepare import prepared_shards
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
@@ -50,14 +56,22 @@ def training_shards(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]
 
 
 def dev_data(cfg: Config) -> DevData:
-    """STS dev pairs (the eval benchmark named ``train.dev_sts``) and the IR dev pool."""
+    """STS dev pairs (the eval benchmark named ``train.dev_sts``), the IR dev pool and the eval
+    benchmarks the objective names as extra dev sets (``dev:<name>``)."""
+    benchmarks = {b.name: b for b in cfg.eval.benchmarks}
     sts = None
-    bench = next((b for b in cfg.eval.benchmarks if b.name == cfg.train.dev_sts), None)
-    if bench is not None:
-        sts = load_sts(bench, cfg.data.root)
+    if cfg.train.dev_sts in benchmarks:
+        sts = load_sts(benchmarks[cfg.train.dev_sts], cfg.data.root)
     ir_dev = EvalBenchmark(name="ir-dev", kind="ir", format="ir_dev", pool=cfg.train.dev_ir_pool)
     ir = load_ir(ir_dev, cfg.data.root, cfg.run.dir)  # None when no dev slice was cut
-    return DevData(sts=sts, ir=ir)
+    extra = {}
+    for name in objective_benchmarks(cfg.train.objective):
+        bench = benchmarks[name]  # the config checked that it exists and is not held out
+        if bench.kind == "sts":
+            extra[DEV_BENCHMARK_PREFIX + name] = load_sts(bench, cfg.data.root)
+        elif (data := load_ir(bench, cfg.data.root, cfg.run.dir)) is not None:
+            extra[DEV_BENCHMARK_PREFIX + name] = data
+    return DevData(sts=sts, ir=ir, extra=extra)
 
 
 def train_settings(
