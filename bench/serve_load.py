@@ -17,10 +17,12 @@ and click < 8.2), so it lives in its own ``.venv-infinity`` that ``make bench-se
 
 Texts are STS-B test sentences (short, as search queries are). The endpoint is the project's
 application (``pipeline.serve.app.application``) serving ``--model`` as a folder, one replica with
-``--replica-cpus`` CPUs (its torch threads), dynamic batching up to ``--max-batch`` requests. The
-client (asyncio + aiohttp) runs on the same cores: its share of the CPU is part of the measurement.
-Each level sends until ``--seconds`` have passed or ``--max-requests`` were sent. The headline
-``ratio`` is the one at concurrency 32 with 16 texts per request.
+``--replica-cpus`` CPUs (its torch threads), dynamic batching up to ``--max-batch`` requests waiting
+at most ``--batch-wait`` seconds (default: the config's ``serve.max_batch_size`` and
+``serve.batch_wait_timeout_s``, what the endpoint runs with). The client (asyncio + aiohttp) runs on
+the same cores: its share of the CPU is part of the measurement. Each level sends until
+``--seconds`` have passed or ``--max-requests`` were sent. The headline ``ratio`` is the one at
+concurrency 32 with 16 texts per request.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import finish, machine  # noqa: E402
+from pipeline.config import ServeConfig  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
@@ -206,8 +209,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=10.0, help="per level")
     parser.add_argument("--max-requests", type=int, default=5000, help="per level")
     parser.add_argument("--replica-cpus", type=int, default=2)
-    parser.add_argument("--max-batch", type=int, default=32, help="requests per Serve batch")
-    parser.add_argument("--batch-wait", type=float, default=0.01, help="seconds")
+    defaults = ServeConfig()  # the endpoint's own batching unless asked otherwise
+    parser.add_argument(
+        "--max-batch", type=int, default=defaults.max_batch_size, help="requests per Serve batch"
+    )
+    parser.add_argument(
+        "--batch-wait", type=float, default=defaults.batch_wait_timeout_s, help="seconds"
+    )
     parser.add_argument(
         "--baseline-texts", type=int, default=256, help="texts of each in-process encode pass"
     )

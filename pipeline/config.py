@@ -348,8 +348,11 @@ class ServeConfig(_Section):
     route: str = "/"  # the app's route prefix: POST <route>v1/embeddings
     host: str = "127.0.0.1"  # where jobs.serve's HTTP proxy listens (0.0.0.0 in a cluster)
     port: int = Field(8000, gt=0, lt=65536)
-    max_batch_size: int = Field(32, gt=0)  # requests per @serve.batch call
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    # requests per @serve.batch call, and how long a batch waits to fill: on 2 CPU cores 64 / 0.05
+    # gave 1.3x the texts/s of 32 / 0.01 at 32 concurrent clients, for +50 ms at one client
+    # (bench/serve_load.py, docs/PERFORMANCE.md); lower the wait for latency
+    max_batch_size: int = Field(64, gt=0)
+    batch_wait_timeout_s: float = Field(0.05, ge=0.0)
     num_replicas: int = Field(1, gt=0)
     autoscaling: ServeAutoscaling | None = None  # set: Serve scales replicas, num_replicas unused
     num_cpus: float = Field(1.0, gt=0.0)  # per replica (torch threads: its whole CPUs, at least 1)
