@@ -156,6 +156,9 @@ class MiningConfig(_Section):
     margin: float | None = None  # drop candidates with dense score > positive's score - margin
     dev_queries: int = Field(100, ge=0)  # seeded held-out slice of the IR training queries
     dev_source: str = "scifact"  # which IR source the dev slice is cut from
+    # seeds the dev slice and the negatives' sampling; None = run.seed. Set it to keep dev data and
+    # negatives fixed while run.seed varies (repeated trials that measure training's own noise)
+    seed: int | None = None
 
     @property
     def encodes(self) -> bool:

@@ -1,7 +1,7 @@
 """The pipeline stages' bookkeeping without training: evaluation shared between models with the same
 weights, the dev scores fusion takes from training instead of measuring again, the Ray Train run
-folder that changes with the training settings, the one done-marker scheme, and the layering (no
-component imports a stage)."""
+folder that changes with the training settings, the mining seed, the one done-marker scheme, and
+the layering (no component imports a stage)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,23 @@ def test_ray_run_folder_changes_with_the_training_settings(tmp_path):
     assert name("train.lr=1e-5") != first
     (run_dir / "mined" / "done.json").write_text(json.dumps({"input_hash": "b"}))
     assert name() != first
+
+
+def test_mining_seed_keeps_dev_data_fixed_while_the_run_seed_varies(tmp_path):
+    from pipeline.stages import mine
+
+    (tmp_path / "smoke" / "prepared").mkdir(parents=True)
+    (tmp_path / "smoke" / "prepared" / "done.json").write_text(json.dumps({"input_hash": "p"}))
+
+    def key(*overrides: str) -> str:
+        cfg = load_config("smoke", [f"run.root={tmp_path}", *overrides])
+        return mine.input_key(cfg)
+
+    default = key()
+    assert key("mining.seed=49") == default  # None means run.seed (49): old run folders stay valid
+    assert key("run.seed=50") != default  # mining follows run.seed unless told otherwise
+    assert key("run.seed=50", "mining.seed=49") == default
+    assert mine.seed(load_config("smoke", ["run.seed=50", "mining.seed=7"])) == 7
 
 
 def test_a_stage_record_whose_outputs_are_gone_is_not_reused(tmp_path):

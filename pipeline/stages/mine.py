@@ -28,10 +28,15 @@ def stats_path(run_dir: str) -> str:
     return storage.join(out_dir(run_dir), STATS_FILE)
 
 
+def seed(cfg: Config) -> int:
+    """What seeds the dev slice and the negatives: ``mining.seed``, else ``run.seed``."""
+    return cfg.run.seed if cfg.mining.seed is None else cfg.mining.seed
+
+
 def input_key(cfg: Config) -> str:
     """The stage's key: the prepare stage's key and everything that changes the mined output."""
     prepared = recorded_hash(prepare.out_dir(cfg.run.dir), "run `python -m jobs.prepare` first")
-    settings = {"mining": cfg.mining.model_dump(mode="json"), "seed": cfg.run.seed}
+    settings = {"mining": cfg.mining.model_dump(mode="json", exclude={"seed"}), "seed": seed(cfg)}
     if cfg.mining.encodes:
         settings["model"] = cfg.model.model_dump(mode="json")
     return input_hash(prepared, settings)
@@ -76,7 +81,7 @@ def run(cfg: Config) -> dict[str, Any]:
         sources,
         out_dir=out,
         mining=cfg.mining,
-        seed=cfg.run.seed,
+        seed=seed(cfg),
         encoder_factory=lambda: _load_encoder(cfg),
         text=cfg.model.text_settings(),
     )
