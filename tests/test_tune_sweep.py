@@ -131,8 +131,25 @@ def test_sweep_report_table_verdict_best_and_pareto(tmp_path):
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "sweep.md").read_text()
     assert "fused:soup of the best 2" in report and "Pareto front" in report
-    assert "Pareto front (dev STS, dev IR): fused:soup, b." in report  # the fused model dominates c
+    front = "Pareto front (STS dev Spearman; IR dev nDCG@10): fused:soup, b."
+    assert front in report  # the fused model dominates c
     assert set(paths) == {"report", "trials", "best", "pareto"}
+
+
+def test_sweep_report_gives_each_out_of_domain_dev_set_a_column_and_a_front(tmp_path):
+    rows = [_row("a", 80.0, 60.0, baseline=True), _row("b", 82.0, 61.0), _row("c", 79.0, 65.0)]
+    for row, ood in zip(rows, (70.0, 67.0, 68.0)):
+        row.extra = {"dev:trecqa-train": ood}
+    table = trials_table(rows)
+    assert "| dev:trecqa-train | objective |" in table.splitlines()[0]
+    assert "| 61.00 | 67.00 | **71.50** |" in table  # b: IR dev, out-of-domain, objective
+    write_sweep_report(str(tmp_path), rows, best_trials(rows, 2), None, title="ood sweep")
+    report = (tmp_path / "sweep.md").read_text()
+    # (in-domain mean, out-of-domain): a (70.0, 70.0), b (71.5, 67.0), c (72.0, 68.0): c dominates b
+    front = (
+        "Pareto front (in-domain dev: mean of STS dev and IR dev; out-of-domain dev:trecqa-train)"
+    )
+    assert f"{front}: a (baseline), c." in report
 
 
 @pytest.fixture(scope="module")

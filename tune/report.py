@@ -1,12 +1,14 @@
 """The sweep report: a Markdown table of the trials, ``trials.json``, ``best.json`` (the trials handed to
-fusion) and ``pareto.png`` (IR dev against STS dev per trial, the front drawn, the fused model marked)."""
+fusion) and ``pareto.png`` (IR dev against STS dev per trial, the front drawn, the fused model marked;
+with one more panel per out-of-domain ``dev:<benchmark>`` of the objective, that score against the
+in-domain mean of STS and IR dev)."""
 
 from __future__ import annotations
 
 import math
 
 from pipeline import storage
-from pipeline.report.tradeoff import pareto_front, plot_pareto
+from pipeline.report.tradeoff import Panel, pareto_front, plot_pareto_panels
 from tune.runner import TrialRow
 
 
@@ -29,24 +31,65 @@ def trial_label(row: TrialRow) -> str:
     return f"{row.trial_id}{' (baseline)' if row.baseline else ''}"
 
 
+def extra_keys(rows: list[TrialRow]) -> list[str]:
+    """The ``dev:<benchmark>`` scores any trial reported, in first-seen order."""
+    return list(dict.fromkeys(key for r in rows for key in r.extra))
+
+
 def trials_table(rows: list[TrialRow], fused: dict | None = None) -> str:
     """Markdown: one line per trial (its swept values, best dev scores, status), the fused model last."""
     keys = list(rows[0].params) if rows else []
-    head = ["trial", *map(_short, keys), "best step", "dev STS", "dev IR nDCG@10", "objective"]
+    extras = extra_keys(rows)
+    head = ["trial", *map(_short, keys), "best step", "dev STS", "dev IR nDCG@10", *extras]
+    head.append("objective")
     lines = ["| " + " | ".join([*head, "status"]) + " |", "|" + "---|" * (len(head) + 1)]
     for r in rows:
         cells = [trial_label(r), *(_value(r.params[k]) for k in keys), str(r.best_step)]
-        cells += [_score(r.dev_sts), _score(r.dev_ir), f"**{_score(r.objective)}**", r.status]
+        cells += [_score(r.dev_sts), _score(r.dev_ir)]
+        cells += [_score(r.extra.get(key, math.nan)) for key in extras]
+        cells += [f"**{_score(r.objective)}**", r.status]
         lines.append("| " + " | ".join(cells) + " |")
     if fused:
         cells = [f"{fused['name']} of the best {len(fused['of'])}", *([""] * len(keys)), ""]
-        cells += [
-            _score(fused["dev_sts"]),
-            _score(fused["dev_ir"]),
-            f"**{_score(fused['objective'])}**",
-        ]
+        cells += [_score(fused["dev_sts"]), _score(fused["dev_ir"])]
+        cells += [_score(fused.get("extra", {}).get(key, math.nan)) for key in extras]
+        cells.append(f"**{_score(fused['objective'])}**")
         lines.append("| " + " | ".join([*cells, "fused on dev"]) + " |")
     return "\n".join(lines)
+
+
+def _panels(rows: list[TrialRow], fused: dict | None, title: str) -> list[Panel]:
+    """IR dev against STS dev, then each out-of-domain dev score against the in-domain mean."""
+    scored = [(trial_label(r), r.dev_sts, r.dev_ir, r.extra) for r in rows]
+    if fused:
+        scored.append((fused["name"], fused["dev_sts"], fused["dev_ir"], fused.get("extra", {})))
+    panels = [
+        Panel(
+            {
+                name: (sts, ir)
+                for name, sts, ir, _ in scored
+                if not (math.isnan(sts) or math.isnan(ir))
+            },
+            xlabel="STS dev Spearman (x100)",
+            ylabel="IR dev nDCG@10 (x100, BM25 pool)",
+            title=f"{title}: trials on dev (up and right is better)",
+        )
+    ]
+    for key in extra_keys(rows):
+        points = {
+            name: ((sts + ir) / 2, extra[key])
+            for name, sts, ir, extra in scored
+            if key in extra and not (math.isnan(sts) or math.isnan(ir) or math.isnan(extra[key]))
+        }
+        panels.append(
+            Panel(
+                points,
+                xlabel="in-domain dev: mean of STS dev and IR dev (x100)",
+                ylabel=f"out-of-domain {key} (x100)",
+                title="in-domain gain against out-of-domain retrieval",
+            )
+        )
+    return panels
 
 
 def verdict(rows: list[TrialRow]) -> str:
@@ -92,32 +135,27 @@ def write_sweep_report(
             ]
         },
     )
-    points = {
-        trial_label(r): (r.dev_sts, r.dev_ir)
-        for r in rows
-        if not (math.isnan(r.dev_sts) or math.isnan(r.dev_ir))
-    }
-    chosen = trial_label(best[0]) if best else ""
-    if fused:
-        chosen = fused["name"]
-        points[chosen] = (fused["dev_sts"], fused["dev_ir"])
-    plot_pareto(
-        points,
+    chosen = fused["name"] if fused else trial_label(best[0]) if best else ""
+    panels = _panels(rows, fused, title)
+    plot_pareto_panels(
+        panels,
         paths["pareto"],
         chosen=chosen,
-        xlabel="STS dev Spearman (x100)",
-        ylabel="IR dev nDCG@10 (x100, BM25 pool)",
-        title=f"{title}: trials on dev (up and right is better)",
         chosen_label="fused (chosen on dev)" if fused else "best trial",
     )
-    front = ", ".join(pareto_front(points)) or "–"
+    fronts = [
+        f"Pareto front ({panel.xlabel.split(' (')[0]}; {panel.ylabel.split(' (')[0]}): "
+        + (", ".join(pareto_front(panel.points)) or "–")
+        + "."
+        for panel in panels
+    ]
     body = [
         f"# {title}",
         "",
         trials_table(rows, fused),
         "",
         verdict(rows),
-        f"Pareto front (dev STS, dev IR): {front}.",
+        *fronts,
         "",
         "![pareto](pareto.png)",
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from pipeline import storage
-from pipeline.config import Config
+from pipeline.config import DEV_BENCHMARK_PREFIX, Config
 from pipeline.train.driver import check_data_headroom
 from tune.space import baseline_params, param_space, searcher
 from tune.trial import OBJECTIVE, SweepMLflowCallback, run_trial
@@ -95,6 +95,7 @@ class TrialRow:
     best_step: int = 0
     dev_sts: float = math.nan
     dev_ir: float = math.nan
+    extra: dict[str, float] = field(default_factory=dict)  # ``dev:<benchmark>`` of the objective
     objective: float = math.nan
     checkpoint: str = ""  # the Ray Train checkpoint of the best report
     baseline: bool = False  # the config's own values (the first trial)
@@ -134,6 +135,11 @@ def trial_rows(results, cfg: Config) -> list[TrialRow]:
             row.best_step = int(best["step"])
             row.dev_sts = float(best.get("dev_sts_spearman", math.nan))
             row.dev_ir = float(best.get("dev_ir_ndcg@10", math.nan))
+            row.extra = {
+                key: float(value)
+                for key, value in best.items()
+                if key.startswith(DEV_BENCHMARK_PREFIX) and value == value
+            }
             row.objective = float(best[OBJECTIVE])
             row.checkpoint = _checkpoint_uri(result, best.get("checkpoint_path"))
         if result.error is not None:

@@ -18,7 +18,7 @@ import ray
 
 from pipeline import storage
 from pipeline.cli import run_main
-from pipeline.config import Config, ConfigError, with_absolute_paths
+from pipeline.config import DEV_BENCHMARK_PREFIX, Config, ConfigError, with_absolute_paths
 from pipeline.stages import fuse, prepare_and_mine, train
 from pipeline.tracking import (
     TrackingUnavailable,
@@ -52,6 +52,7 @@ def fuse_best(cfg: Config, folder: str, best: list) -> dict | None:
         "of": list(candidates),
         "dev_sts": dev.get("dev_sts_spearman", float("nan")),
         "dev_ir": dev.get("dev_ir_ndcg@10", float("nan")),
+        "extra": {k: v for k, v in dev.items() if k.startswith(DEV_BENCHMARK_PREFIX)},
         "objective": dev["dev_objective"],
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline import storage
@@ -161,6 +162,16 @@ def plot_tradeoff(
     )
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One scatter of named (x, y) points with its axis labels and title."""
+
+    points: Mapping[str, tuple[float, float]]
+    xlabel: str
+    ylabel: str
+    title: str
+
+
 def plot_pareto(
     points: Mapping[str, tuple[float, float]],
     out_path: str,
@@ -173,12 +184,38 @@ def plot_pareto(
 ) -> Figure:
     """Scatter named (x, y) points with their Pareto front; ``chosen`` is drawn as a star (legend
     ``chosen_label``), ``base`` as a square, names starting ``fused:`` as diamonds. Saves a PNG."""
+    panel = Panel(points, xlabel, ylabel, title)
+    return plot_pareto_panels([panel], out_path, chosen=chosen, chosen_label=chosen_label)
+
+
+def plot_pareto_panels(
+    panels: list[Panel], out_path: str, *, chosen: str, chosen_label: str = "registered"
+) -> Figure:
+    """:func:`plot_pareto` with several panels side by side (the same models on different axes,
+    each panel with its own front); the legend sits right of the last panel. Saves a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.5, 6), dpi=130)
+    fig = Figure(figsize=(2.5 + 7 * len(panels), 6), dpi=130)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
+    for ax, panel in zip(axes, panels):
+        _draw_panel(ax, panel, chosen, chosen_label)
+    if panels[-1].points:
+        axes[-1].legend(
+            loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8, markerscale=0.7
+        )
+    fig.tight_layout()
+    for ax, panel in zip(axes, panels):
+        _place_labels(fig, ax, panel.points, chosen)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    storage.write_bytes(out_path, buffer.getvalue())
+    return fig
+
+
+def _draw_panel(ax, panel: Panel, chosen: str, chosen_label: str) -> None:
+    points = panel.points
     for kind, style in _STYLES.items():
         xy = [p for m, p in points.items() if _kind(m, chosen) == kind]
         if xy:
@@ -189,19 +226,9 @@ def plot_pareto(
         ax.axhline(points["base"][1], color="dimgray", lw=0.6, ls=":", zorder=1)
     ax.margins(0.15)
     _draw_front(ax, [points[n] for n in pareto_front(points)])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title)
     ax.grid(True, alpha=0.3)
-    if points:
-        ax.legend(
-            loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8, markerscale=0.7
-        )
-    else:
+    if not points:
         ax.text(0.5, 0.5, "no model has both scores", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    _place_labels(fig, ax, points, chosen)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    storage.write_bytes(out_path, buffer.getvalue())
-    return fig
