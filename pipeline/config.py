@@ -31,6 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 Task = Literal["ir", "sts"]
 DEV_METRICS = ("dev_sts_spearman", "dev_ir_ndcg@10")  # what in-loop evaluation reports (x100)
+HEADLINE_METRIC = {"sts": "spearman", "ir": "ndcg@10"}  # what a benchmark is ranked and judged on
 # an objective key "dev:<eval benchmark name>" adds that benchmark's headline score (STS Spearman,
 # IR nDCG@10) to dev scoring, e.g. out-of-domain retrieval the trained data does not cover
 DEV_BENCHMARK_PREFIX = "dev:"

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import storage
-from pipeline.config import EvalBenchmark, ModelConfig, SourceConfig, TextSettings
+from pipeline.config import (
+    HEADLINE_METRIC,
+    EvalBenchmark,
+    ModelConfig,
+    SourceConfig,
+    TextSettings,
+)
 from pipeline.data.beir import BeirSplit, load_corpus, load_split
 from pipeline.data.mining_retrieval import BM25Retriever
 from pipeline.data.readers import read_source, resolve_path
@@ -313,6 +319,47 @@ def evaluate_ir(
     return {**ir_metrics(data.qrels, run), **geometry}
 
 
+def score(
+    encoder: Encoder,
+    data: StsData | IrData,
+    text: TextSettings,
+    *,
+    batch_size: int = 64,
+    sort_by_length: bool = True,
+    corpus_chunk: int = 8192,
+) -> dict[str, float]:
+    """Every metric of one loaded benchmark: :func:`evaluate_sts` for STS pairs, :func:`evaluate_ir`
+    for retrieval, with the token limits and instructions of ``text``."""
+    if isinstance(data, StsData):
+        return evaluate_sts(
+            encoder,
+            data,
+            max_length=text.max_length_sts,
+            instruction=text.instruction_sts,
+            batch_size=batch_size,
+            sort_by_length=sort_by_length,
+        )
+    return evaluate_ir(
+        encoder,
+        data,
+        max_length_query=text.max_length_query,
+        max_length_passage=text.max_length_passage,
+        instruction=text.instruction_ir,
+        batch_size=batch_size,
+        sort_by_length=sort_by_length,
+        corpus_chunk=corpus_chunk,
+    )
+
+
+def headline_score(
+    encoder: Encoder, data: StsData | IrData, text: TextSettings, batch_size: int = 64
+) -> float:
+    """One benchmark's headline score (x100, ``HEADLINE_METRIC``): Spearman for STS pairs, nDCG@10
+    for retrieval."""
+    kind = "sts" if isinstance(data, StsData) else "ir"
+    return score(encoder, data, text, batch_size=batch_size)[HEADLINE_METRIC[kind]]
+
+
 def run_benchmarks(
     encoder: Encoder,
     benchmarks: list[EvalBenchmark],
@@ -340,29 +387,21 @@ def run_benchmarks(
     for bench in benchmarks:
         memo.progress = EncodeProgress(f"[eval] {bench.name}")
         encoded = memo.encoded
-        if bench.kind == "sts":
-            results[bench.name] = evaluate_sts(
-                memo,
-                load_sts(bench, data_root),
-                max_length=text.max_length_sts,
-                instruction=text.instruction_sts,
-                batch_size=batch_size,
-                sort_by_length=sort_by_length,
-            )
-        else:
-            data = load_ir(bench, data_root, run_dir)
-            if data is None:
-                continue
-            results[bench.name] = evaluate_ir(
-                memo,
-                data,
-                max_length_query=text.max_length_query,
-                max_length_passage=text.max_length_passage,
-                instruction=text.instruction_ir,
-                batch_size=batch_size,
-                sort_by_length=sort_by_length,
-                corpus_chunk=corpus_chunk,
-            )
+        data = (
+            load_sts(bench, data_root)
+            if bench.kind == "sts"
+            else load_ir(bench, data_root, run_dir)
+        )
+        if data is None:  # an ir_dev slice not mined yet
+            continue
+        results[bench.name] = score(
+            memo,
+            data,
+            text,
+            batch_size=batch_size,
+            sort_by_length=sort_by_length,
+            corpus_chunk=corpus_chunk,
+        )
         memo.progress.finish(memo.encoded - encoded)
     memo.progress = None
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from pipeline.config import HEADLINE_METRIC
 from pipeline.eval.table import GEOMETRY
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -250,21 +251,18 @@ def no_negative_transfer(
     return lines
 
 
-HEADLINE = {"sts": "spearman", "ir": "ndcg@10"}  # the metric a held-out benchmark is judged on
-
-
 def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str | None) -> str:
     """Every model's headline metric (STS Spearman, IR nDCG@10) on each benchmark of ``held_out``
     (name -> kind), each followed by the model's difference to the base in points."""
     columns = []
     for bench, kind in held_out.items():
-        columns += [(_label(bench, HEADLINE[kind]), "max"), ("vs base", "max")]
+        columns += [(_label(bench, HEADLINE_METRIC[kind]), "max"), ("vs base", "max")]
     rows = {}
     for model in results:
         cells: list[float | None] = []
         for bench, kind in held_out.items():
-            value = metric(results, model, bench, HEADLINE[kind])
-            base = metric(results, "base", bench, HEADLINE[kind])
+            value = metric(results, model, bench, HEADLINE_METRIC[kind])
+            base = metric(results, "base", bench, HEADLINE_METRIC[kind])
             cells += [value, None if value is None or base is None else value - base]
         rows[_row_name(model, chosen)] = cells
     return markdown_table("model", columns, rows)
@@ -277,7 +275,7 @@ def held_out_check(
     benchmark, at most ``tolerance`` points lower or not."""
     lines = []
     for bench, kind in held_out.items():
-        compared = _compare(results, chosen, "base", bench, HEADLINE[kind])
+        compared = _compare(results, chosen, "base", bench, HEADLINE_METRIC[kind])
         if isinstance(compared, str):
             lines.append(compared)
             continue
@@ -288,7 +286,7 @@ def held_out_check(
             else f"more than {tolerance:g} below"
         )
         lines.append(
-            f"{chosen} vs base on {_label(bench, HEADLINE[kind])}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
+            f"{chosen} vs base on {_label(bench, HEADLINE_METRIC[kind])}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
             f"{verdict}."
         )
     return lines

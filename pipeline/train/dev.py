@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.config import DEV_METRICS, TextSettings
-from pipeline.eval.benchmarks import IrData, StsData, evaluate_ir, evaluate_sts
+from pipeline.eval.benchmarks import IrData, StsData, headline_score
 from pipeline.model.encoder import Encoder
 
 
@@ -26,30 +26,6 @@ class DevData:
     sts: StsData | None
     ir: IrData | None
     extra: dict[str, StsData | IrData] = field(default_factory=dict)
-
-
-def headline_score(
-    encoder: Encoder, data: StsData | IrData, text: TextSettings, batch_size: int
-) -> float:
-    """One dev set's headline score (x100): Spearman for STS pairs, nDCG@10 for retrieval."""
-    if isinstance(data, StsData):
-        scores = evaluate_sts(
-            encoder,
-            data,
-            max_length=text.max_length_sts,
-            instruction=text.instruction_sts,
-            batch_size=batch_size,
-        )
-        return scores["spearman"]
-    scores = evaluate_ir(
-        encoder,
-        data,
-        max_length_query=text.max_length_query,
-        max_length_passage=text.max_length_passage,
-        instruction=text.instruction_ir,
-        batch_size=batch_size,
-    )
-    return scores["ndcg@10"]
 
 
 def evaluate_dev(
