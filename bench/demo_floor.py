@@ -53,10 +53,10 @@ from bench._timing import matmul_tflops  # noqa: E402
 from bench.gpu_step import train_flops  # noqa: E402
 from jobs import mine, prepare  # noqa: E402
 from pipeline import storage  # noqa: E402
-from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.config import Config, ModelConfig, load_config  # noqa: E402
 from pipeline.data.ray_datasets import count_batches  # noqa: E402
 from pipeline.data.schedule import MIXED, schedule_for_run  # noqa: E402
-from pipeline.eval.benchmarks import load_ir, load_sts  # noqa: E402
+from pipeline.eval.benchmarks import IrData, StsData, load_ir, load_sts  # noqa: E402
 from pipeline.eval.table import markdown_table  # noqa: E402
 from pipeline.fusion.registry import get_method  # noqa: E402
 from pipeline.model.buckets import forward_in_buckets  # noqa: E402
@@ -134,36 +134,35 @@ def dev_evaluations(steps: int, eval_every: int) -> int:
     return steps // eval_every + (1 if steps % eval_every else 0)
 
 
+def data_texts(data: StsData | IrData, m: ModelConfig) -> Texts:
+    """What scoring one loaded set encodes: both sides of every STS pair, or the IR queries and the
+    documents searched (``pipeline.eval.benchmarks.score``)."""
+    if isinstance(data, StsData):
+        pairs = [*data.sentence1, *data.sentence2]
+        return [(s, m.max_length_sts, m.instruction_sts) for s in pairs]
+    queries = [(q, m.max_length_query, m.instruction_ir) for q in data.queries.values()]
+    return queries + [(d, m.max_length_passage, "") for d in data.doc_texts]
+
+
 def dev_texts(cfg: Config) -> Texts:
     """What one dev scoring encodes (``evaluate_dev``: every STS dev sentence, the IR dev queries and
-    pool documents; no memo, as the code runs it)."""
+    pool documents, the extra dev sets of the objective; no memo, as the code runs it)."""
     dev = dev_data(cfg)
-    m = cfg.model
-    texts: Texts = []
-    if dev.sts is not None:
-        texts += [(s, m.max_length_sts, m.instruction_sts) for s in dev.sts.sentence1]
-        texts += [(s, m.max_length_sts, m.instruction_sts) for s in dev.sts.sentence2]
-    if dev.ir is not None:
-        texts += [(q, m.max_length_query, m.instruction_ir) for q in dev.ir.queries.values()]
-        texts += [(d, m.max_length_passage, "") for d in dev.ir.doc_texts]
-    return texts
+    sets = [data for data in (dev.sts, dev.ir, *dev.extra.values()) if data is not None]
+    return [text for data in sets for text in data_texts(data, cfg.model)]
 
 
 def benchmark_texts(cfg: Config) -> Texts:
     """The distinct texts the evaluate stage encodes for one model (``EmbeddingMemo`` embeds each
     (text, max length, instruction) once across all benchmarks)."""
-    m = cfg.model
     texts: Texts = []
     for bench in cfg.eval.benchmarks:
         if bench.kind == "sts":
             data = load_sts(bench, cfg.data.root)
-            texts += [(s, m.max_length_sts, m.instruction_sts) for s in data.sentence1]
-            texts += [(s, m.max_length_sts, m.instruction_sts) for s in data.sentence2]
-            continue
-        ir = load_ir(bench, cfg.data.root, cfg.run.dir)
-        if ir is not None:
-            texts += [(q, m.max_length_query, m.instruction_ir) for q in ir.queries.values()]
-            texts += [(d, m.max_length_passage, "") for d in ir.doc_texts]
+        else:
+            data = load_ir(bench, cfg.data.root, cfg.run.dir)
+        if data is not None:
+            texts += data_texts(data, cfg.model)
     return list(dict.fromkeys(texts))
 
 

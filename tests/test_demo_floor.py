@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -177,3 +178,36 @@ def test_quick_report_has_every_stage_and_kind(quick):
     for kind in ("encode passages", "encode short texts"):
         assert work["fuse"][kind] == pytest.approx(6 * work["train joint"][kind])
     assert set(quick["rates_gflops"]) == {"peak", *demo_floor.KINDS}
+
+
+def test_dev_texts_include_the_extra_dev_sets_of_the_objective(monkeypatch):
+    """One STS dev pair, one IR dev query over two documents, and an extra dev set of one query over
+    one document: dev scoring encodes all six texts, each with its task's length and instruction."""
+    from pipeline.eval.benchmarks import IrData, StsData
+    from pipeline.train.dev import DevData
+
+    def ir(query, docs):
+        return IrData(
+            queries={"q": query},
+            doc_ids=list(docs),
+            doc_texts=list(docs),
+            qrels={"q": {docs[0]: 1}},
+        )
+
+    dev = DevData(
+        sts=StsData(sentence1=["s1"], sentence2=["s2"], gold=np.array([1.0])),
+        ir=ir("q-dev", ["d1", "d2"]),
+        extra={"dev:ood": ir("q-ood", ["d3"])},
+    )
+    monkeypatch.setattr(demo_floor, "dev_data", lambda cfg: dev)
+    cfg = load_config("smoke", ["model.instruction_ir=find"])
+    length = cfg.model.max_length_passage
+    assert demo_floor.dev_texts(cfg) == [
+        ("s1", 32, ""),
+        ("s2", 32, ""),
+        ("q-dev", 32, "find"),
+        ("d1", length, ""),
+        ("d2", length, ""),
+        ("q-ood", 32, "find"),
+        ("d3", length, ""),
+    ]
