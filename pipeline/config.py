@@ -458,11 +458,21 @@ def _same_file(source: SourceConfig, bench: EvalBenchmark) -> bool:
     return source.split == bench.split if bench.format in SPLIT_FORMATS else True
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+# Mappings whose keys are the user's, not config fields: a preset or an override replaces them whole
+# (``train.objective={dev_sts_spearman: 1}`` ranks on STS alone, not on STS plus the base's keys).
+WHOLE_MAPPINGS = {("train", "objective"), ("tune", "space")}
+
+
+def _deep_merge(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        here = (*path, key)
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and here not in WHOLE_MAPPINGS
+        ):
+            merged[key] = _deep_merge(merged[key], value, here)
         else:
             merged[key] = value
     return merged

@@ -80,3 +80,20 @@ def test_presets_open_with_the_command_that_runs_them():
     for path in CONFIG_DIR.glob("*.yaml"):
         first = path.read_text().splitlines()[:4]
         assert any("python -m" in line for line in first), path
+
+
+def test_objective_and_tune_space_are_replaced_whole_not_merged_key_by_key(tmp_path):
+    """The presets weigh TREC-QA train into the objective; an override that names only STS-B dev
+    ranks on STS-B dev alone, and a preset's own sweep space drops its base preset's keys."""
+    assert "dev:trecqa-train" in load_config("smoke").train.objective
+    cfg = load_config("smoke", ["train.objective={dev_sts_spearman: 1.0}"])
+    assert cfg.train.objective == {"dev_sts_spearman": 1.0}
+    (tmp_path / "parent.yaml").write_text(
+        f"base: {CONFIG_DIR / 'smoke'}\ntune: {{space: {{train.lr: {{loguniform: [1.0e-5, 1.0e-4]}}}}}}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "base: parent\ntune: {space: {loss.w_pro: {uniform: [0.1, 1.0]}}}\n"
+    )
+    assert load_config(tmp_path / "child.yaml").tune.space == {
+        "loss.w_pro": {"uniform": [0.1, 1.0]}
+    }
