@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import demo_floor  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.ray_datasets import TaskBatches  # noqa: E402
+from pipeline.eval.benchmarks import IrData, StsData  # noqa: E402
+from pipeline.train.dev import DevData  # noqa: E402
 
 
 def test_fuse_scorings_count_every_variant_once():
@@ -182,9 +184,7 @@ def test_quick_report_has_every_stage_and_kind(quick):
 
 def test_dev_texts_include_the_extra_dev_sets_of_the_objective(monkeypatch):
     """One STS dev pair, one IR dev query over two documents, and an extra dev set of one query over
-    one document: dev scoring encodes all six texts, each with its task's length and instruction."""
-    from pipeline.eval.benchmarks import IrData, StsData
-    from pipeline.train.dev import DevData
+    one document: dev scoring encodes all seven texts, each with its task's length and instruction."""
 
     def ir(query, docs):
         return IrData(
