@@ -63,10 +63,13 @@ def _evaluate_here(cfg: Config, folder: str) -> Results:
 
 def run(cfg: Config, folders: dict[str, str]) -> dict[str, Results]:
     """Every model of ``folders`` on every configured benchmark (each cached by its key); writes and
-    returns ``eval.json``: model -> benchmark -> metric."""
+    returns ``eval.json``: model -> benchmark -> metric, in the order of ``folders``. The fused models
+    are scored first: the one to be registered is the result a user waits for, and a run stopped
+    during this stage keeps its scores (each model's ``done.json``) for the restart."""
     results, scored = {}, {}
     benchmarks = [b.model_dump() for b in cfg.eval.benchmarks]
-    for name, folder in folders.items():
+    for name in scoring_order(folders):
+        folder = folders[name]
         out = storage.join(storage.absolute(cfg.run.dir), "eval", "models", name.replace(":", "-"))
         weights = weights_digest(storage.fetch(folder))  # the tensors, however they were written
         digest = input_hash(
@@ -86,5 +89,11 @@ def run(cfg: Config, folders: dict[str, str]) -> dict[str, Results]:
             done = mark_done(out, digest, model=folder, results=scores)
         results[name] = done["results"]
         scored.setdefault(weights, name)
+    results = {name: results[name] for name in folders}
     storage.write_json(results_path(cfg.run.dir), results)
     return results
+
+
+def scoring_order(folders: dict[str, str]) -> list[str]:
+    """The names of ``folders``, fused models first, the rest in their given order."""
+    return sorted(folders, key=lambda name: not name.startswith("fused:"))
