@@ -459,7 +459,8 @@ def _same_file(source: SourceConfig, bench: EvalBenchmark) -> bool:
 
 
 # Mappings whose keys are the user's, not config fields: a preset or an override replaces them whole
-# (``train.objective={dev_sts_spearman: 1}`` ranks on STS alone, not on STS plus the base's keys).
+# (``train.objective={dev_sts_spearman: 1}`` ranks on STS alone, not on STS plus the base's keys);
+# an override of one entry (``train.objective.dev_sts_spearman=2``) changes that entry alone.
 WHOLE_MAPPINGS = {("train", "objective"), ("tune", "space")}
 
 
@@ -510,15 +511,35 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 SHORTHANDS = {"model": "model.name_or_path"}  # `model=PATH` on the command line
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """``["train.lr=1e-5", "model.name_or_path=/m"]`` -> nested dict (values parsed as YAML)."""
-    tree: dict = {}
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-5", "model=/m"]`` -> ``{"train.lr": 1e-5, "model.name_or_path": "/m"}``
+    (values parsed as YAML)."""
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         key = SHORTHANDS.get(key.strip(), key.strip())
-        _set_dotted(tree, key, yaml.safe_load(text) if text.strip() else "")
+        values[key] = yaml.safe_load(text) if text.strip() else ""
+    return values
+
+
+def _apply_overrides(tree: dict, values: dict[str, Any]) -> dict:
+    """``tree`` with each dotted ``key: value`` applied in order. A mapping value merges into its
+    section key by key, except at a ``WHOLE_MAPPINGS`` path, which it replaces; a key *inside* such a
+    mapping (``train.objective.dev_sts_spearman=2``) sets that one entry and keeps the others."""
+    for dotted, value in values.items():
+        override: dict = {}
+        _set_dotted(override, dotted, value)
+        parts = tuple(dotted.split("."))
+        for whole in WHOLE_MAPPINGS:
+            if len(parts) > len(whole) and parts[: len(whole)] == whole:
+                kept, given = tree, override
+                for key in whole[:-1]:
+                    kept, given = kept.get(key, {}), given[key]
+                if isinstance(kept.get(whole[-1]), dict):
+                    given[whole[-1]] = _deep_merge(kept[whole[-1]], given[whole[-1]])
+        tree = _deep_merge(tree, override)
     return tree
 
 
@@ -535,8 +556,8 @@ def load_config(preset: str | Path, overrides: list[str] | None = None) -> Confi
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{preset}.yaml"
     raw = _read_preset(path)
-    override_tree = parse_overrides(overrides or [])
-    merged = _deep_merge(raw, override_tree)
+    values = parse_overrides(overrides or [])
+    merged = _apply_overrides(raw, values)
     try:
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
@@ -544,7 +565,7 @@ def load_config(preset: str | Path, overrides: list[str] | None = None) -> Confi
         problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"{origin}: {problems}") from None
     cfg.preset = path.stem
-    cfg._origin = (str(path), frozenset(_dotted_keys(override_tree)))
+    cfg._origin = (str(path), frozenset(_dotted_keys(_apply_overrides({}, values))))
     if not cfg.run.name:
         cfg.run.name = path.stem
     return cfg
@@ -552,11 +573,8 @@ def load_config(preset: str | Path, overrides: list[str] | None = None) -> Confi
 
 def with_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with ``{"section.key": value}`` applied and validated (a Tune trial's config)."""
-    tree: dict = {}
-    for dotted, value in values.items():
-        _set_dotted(tree, dotted, value)
     try:
-        return Config.model_validate(_deep_merge(cfg.model_dump(), tree))
+        return Config.model_validate(_apply_overrides(cfg.model_dump(), values))
     except ValidationError as exc:
         problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"overrides {values}: {problems}") from None

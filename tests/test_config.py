@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import CONFIG_DIR, ConfigError, load_config, parse_cli
+from pipeline.config import (
+    CONFIG_DIR,
+    ConfigError,
+    key_origin,
+    load_config,
+    parse_cli,
+    with_overrides,
+)
 
 
 @pytest.mark.parametrize("preset", ["demo", "smoke", "gpu", "cluster"])
@@ -88,6 +95,13 @@ def test_objective_and_tune_space_are_replaced_whole_not_merged_key_by_key(tmp_p
     assert "dev:trecqa-train" in load_config("smoke").train.objective
     cfg = load_config("smoke", ["train.objective={dev_sts_spearman: 1.0}"])
     assert cfg.train.objective == {"dev_sts_spearman": 1.0}
+    # one entry named on the command line or by a trial changes that entry and keeps the rest
+    preset = load_config("smoke").train.objective
+    one = load_config("smoke", ["train.objective.dev_sts_spearman=2.0"])
+    assert one.train.objective == {**preset, "dev_sts_spearman": 2.0}
+    assert key_origin(one, "train.objective.dev_sts_spearman") == "set on the command line"
+    trial = with_overrides(load_config("smoke"), {"train.objective.dev:trecqa-train": 0.5})
+    assert trial.train.objective == {**preset, "dev:trecqa-train": 0.5}
     (tmp_path / "parent.yaml").write_text(
         f"base: {CONFIG_DIR / 'smoke'}\ntune: {{space: {{train.lr: {{loguniform: [1.0e-5, 1.0e-4]}}}}}}\n"
     )
