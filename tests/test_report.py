@@ -226,29 +226,40 @@ def test_dev_curves_keep_the_evaluation_steps_per_mode(tmp_path):
 
 
 def test_held_out_check_against_the_base(results):
-    for model, (snli, trec) in {"base": (40.0, 70.0), "fused:delta": (39.5, 68.5)}.items():
+    """Retrieval is judged on nDCG@10, MAP and MRR@10: a model that holds nDCG@10 but loses the first
+    correct answer (MRR) fails, as a scorer quoting MRR would see."""
+    scores = {"base": (40.0, 70.0, 60.0, 66.9), "fused:delta": (39.5, 69.5, 59.2, 63.5)}
+    for model, (snli, ndcg, map_, mrr) in scores.items():
         results[model]["snli-test"] = {"spearman": snli}
-        results[model]["trecqa-dev"] = {"ndcg@10": trec}
+        results[model]["trecqa-dev"] = {"ndcg@10": ndcg, "map": map_, "mrr@10": mrr}
     held_out = {"snli-test": "sts", "trecqa-dev": "ir"}
     lines = held_out_check(results, held_out, chosen="fused:delta", tolerance=1.0)
-    assert lines[0] == (
-        "fused:delta vs base on snli-test Spearman: 39.50 vs 40.00 (-0.50), within 1 point(s)."
-    )
-    assert lines[1].endswith("68.50 vs 70.00 (-1.50), more than 1 below.")
-    del results["base"]["trecqa-dev"]
-    assert (
-        "not measured (base missing)" in held_out_check(results, held_out, chosen="fused:delta")[1]
-    )
+    assert lines == [
+        "fused:delta vs base on snli-test Spearman: 39.50 vs 40.00 (-0.50), within 1 point(s).",
+        "fused:delta vs base on trecqa-dev nDCG@10: 69.50 vs 70.00 (-0.50), within 1 point(s).",
+        "fused:delta vs base on trecqa-dev MAP: 59.20 vs 60.00 (-0.80), within 1 point(s).",
+        "fused:delta vs base on trecqa-dev MRR@10: 63.50 vs 66.90 (-3.40), more than 1 below.",
+    ]
+    del results["base"]["trecqa-dev"]["map"]
+    lines = held_out_check(results, held_out, chosen="fused:delta")
+    assert "trecqa-dev MAP: not measured (base missing)" in lines[2]
 
 
 def test_held_out_table_gives_each_model_its_distance_to_the_base(results):
-    for model, trec in {"base": 70.0, "joint": 71.25, "fused:delta": 68.5}.items():
-        results[model]["trecqa-dev"] = {"ndcg@10": trec}
+    for model, (ndcg, map_, mrr) in {
+        "base": (70.0, 60.0, 66.0),
+        "joint": (71.25, 61.0, 66.5),
+        "fused:delta": (68.5, 59.5, 62.0),
+    }.items():
+        results[model]["trecqa-dev"] = {"ndcg@10": ndcg, "map": map_, "mrr@10": mrr}
     table = held_out_table(results, {"trecqa-dev": "ir"}, chosen="fused:delta")
-    assert _row(table, "base") == ["base", "70.00", "0.00"]
-    assert _row(table, "fused:delta (registered)")[1:] == ["68.50", "-1.50"]
-    assert _row(table, "joint")[1:] == ["**71.25**", "**1.25**"]
-    assert _row(table, "sts_only")[1:] == ["–", "–"]  # not scored there
+    header = table.splitlines()[0]
+    assert "trecqa-dev nDCG@10" in header and "MAP" in header and "MRR@10" in header
+    assert _row(table, "base")[1:3] == ["70.00", "0.00"]
+    registered = ["68.50", "-1.50", "59.50", "-0.50", "62.00", "-4.00"]
+    assert _row(table, "fused:delta (registered)")[1:] == registered
+    assert _row(table, "joint")[1:3] == ["**71.25**", "**1.25**"]
+    assert _row(table, "sts_only")[1:] == ["–"] * 6  # not scored there
 
 
 def test_the_objectives_extra_dev_benchmarks_get_their_own_section(results):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from pipeline.config import HEADLINE_METRIC
+from pipeline.config import HELD_OUT_METRICS
 from pipeline.eval.table import GEOMETRY
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -21,6 +21,7 @@ LABELS = {
     "ndcg@10": "nDCG@10",
     "recall@100": "Recall@100",
     "mrr@10": "MRR@10",
+    "map": "MAP",
 }
 IR_METRICS = ("ndcg@10", "recall@100", "mrr@10")
 GEOMETRY_BETTER: dict[str, Better] = {
@@ -252,17 +253,18 @@ def no_negative_transfer(
 
 
 def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str | None) -> str:
-    """Every model's headline metric (STS Spearman, IR nDCG@10) on each benchmark of ``held_out``
-    (name -> kind), each followed by the model's difference to the base in points."""
+    """Every model's ``HELD_OUT_METRICS`` (STS Spearman; IR nDCG@10, MAP, MRR@10) on each benchmark of
+    ``held_out`` (name -> kind), each followed by the model's difference to the base in points."""
+    judged = [(bench, name) for bench, kind in held_out.items() for name in HELD_OUT_METRICS[kind]]
     columns = []
-    for bench, kind in held_out.items():
-        columns += [(_label(bench, HEADLINE_METRIC[kind]), "max"), ("vs base", "max")]
+    for bench, name in judged:
+        columns += [(_label(bench, name), "max"), ("vs base", "max")]
     rows = {}
     for model in results:
         cells: list[float | None] = []
-        for bench, kind in held_out.items():
-            value = metric(results, model, bench, HEADLINE_METRIC[kind])
-            base = metric(results, "base", bench, HEADLINE_METRIC[kind])
+        for bench, name in judged:
+            value = metric(results, model, bench, name)
+            base = metric(results, "base", bench, name)
             cells += [value, None if value is None or base is None else value - base]
         rows[_row_name(model, chosen)] = cells
     return markdown_table("model", columns, rows)
@@ -271,24 +273,25 @@ def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str
 def held_out_check(
     results: Results, held_out: Mapping[str, str], *, chosen: str, tolerance: float = 1.0
 ) -> list[str]:
-    """Sentences computed from the numbers: the registered model against the base on each held-out
-    benchmark, at most ``tolerance`` points lower or not."""
+    """Sentences computed from the numbers: the registered model against the base on each metric of
+    ``HELD_OUT_METRICS`` of each held-out benchmark, at most ``tolerance`` points lower or not."""
     lines = []
     for bench, kind in held_out.items():
-        compared = _compare(results, chosen, "base", bench, HEADLINE_METRIC[kind])
-        if isinstance(compared, str):
-            lines.append(compared)
-            continue
-        a, b, diff = compared
-        verdict = (
-            f"within {tolerance:g} point(s)"
-            if diff >= -tolerance
-            else f"more than {tolerance:g} below"
-        )
-        lines.append(
-            f"{chosen} vs base on {_label(bench, HEADLINE_METRIC[kind])}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
-            f"{verdict}."
-        )
+        for name in HELD_OUT_METRICS[kind]:
+            compared = _compare(results, chosen, "base", bench, name)
+            if isinstance(compared, str):
+                lines.append(compared)
+                continue
+            a, b, diff = compared
+            verdict = (
+                f"within {tolerance:g} point(s)"
+                if diff >= -tolerance
+                else f"more than {tolerance:g} below"
+            )
+            lines.append(
+                f"{chosen} vs base on {_label(bench, name)}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
+                f"{verdict}."
+            )
     return lines
 
 
