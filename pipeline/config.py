@@ -36,8 +36,14 @@ HEADLINE_METRIC = {"sts": "spearman", "ir": "ndcg@10"}  # what a benchmark is ra
 # may quote (issue #24's was scored on MAP and MRR), not only the headline nDCG@10
 HELD_OUT_METRICS = {"sts": ("spearman",), "ir": ("ndcg@10", "map", "mrr@10")}
 # an objective key "dev:<eval benchmark name>" adds that benchmark's headline score (STS Spearman,
-# IR nDCG@10) to dev scoring, e.g. out-of-domain retrieval the trained data does not cover
+# IR nDCG@10) to dev scoring, e.g. out-of-domain retrieval the trained data does not cover;
+# "dev:<name>:<metric>" adds one of its BENCHMARK_METRICS instead (e.g. the MRR@10 the held-out rule
+# also judges)
 DEV_BENCHMARK_PREFIX = "dev:"
+BENCHMARK_METRICS = {  # what pipeline.eval scores per kind (evaluate_sts, ir_metrics)
+    "sts": ("spearman", "pearson"),
+    "ir": ("ndcg@10", "recall@100", "mrr@10", "map"),
+}
 SPLIT_FORMATS = ("beir", "snli", "hf")  # formats whose `split` picks the file; others read `path`
 Pooling = Literal["mean", "cls", "last_token"]
 TrainMode = Literal["joint", "ir_only", "sts_only", "mixed"]
@@ -419,7 +425,7 @@ class Config(_Section):
         if unknown or not any(w > 0 for w in objective.values()):
             raise ValueError(
                 f"train.objective={objective}: weights of {list(DEV_METRICS)} or "
-                f"'{DEV_BENCHMARK_PREFIX}<eval benchmark name>', at least one positive"
+                f"'{DEV_BENCHMARK_PREFIX}<eval benchmark name>[:<metric>]', at least one positive"
             )
         for name in objective_benchmarks(objective):
             bench = next((b for b in self.eval.benchmarks if b.name == name), None)
@@ -442,15 +448,32 @@ class Config(_Section):
                     f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', which reads "
                     f"{bench.path!r}, the file data.sources {source.name!r} trains on"
                 )
+        for key in (k for k in keys if objective[k] > 0):
+            name, metric = objective_key(key)
+            kind = next(b.kind for b in self.eval.benchmarks if b.name == name)
+            if metric is not None and metric not in BENCHMARK_METRICS[kind]:
+                raise ValueError(
+                    f"train.objective names '{key}', but a {kind} benchmark has no metric "
+                    f"{metric!r} (known: {list(BENCHMARK_METRICS[kind])})"
+                )
+
+
+def objective_key(key: str) -> tuple[str, str | None]:
+    """The benchmark name and metric of an objective key ``dev:<name>[:<metric>]`` (metric None: the
+    benchmark's headline score)."""
+    name, _, metric = key.removeprefix(DEV_BENCHMARK_PREFIX).partition(":")
+    return name, metric or None
 
 
 def objective_benchmarks(objective: dict[str, float]) -> list[str]:
-    """The eval benchmarks (by name) that ``train.objective`` scores as dev data, weight > 0."""
-    return [
-        key.removeprefix(DEV_BENCHMARK_PREFIX)
+    """The eval benchmarks (by name, once each) that ``train.objective`` scores as dev data, weight
+    > 0."""
+    names = [
+        objective_key(key)[0]
         for key, weight in objective.items()
         if key.startswith(DEV_BENCHMARK_PREFIX) and weight > 0
     ]
+    return list(dict.fromkeys(names))
 
 
 def _same_file(source: SourceConfig, bench: EvalBenchmark) -> bool:

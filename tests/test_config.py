@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import (
+    BENCHMARK_METRICS,
     CONFIG_DIR,
     ConfigError,
     key_origin,
@@ -12,6 +13,7 @@ from pipeline.config import (
     parse_cli,
     with_overrides,
 )
+from pipeline.eval.ir import ir_metrics
 
 
 @pytest.mark.parametrize("preset", ["demo", "smoke", "gpu", "cluster"])
@@ -111,3 +113,8 @@ def test_objective_and_tune_space_are_replaced_whole_not_merged_key_by_key(tmp_p
     assert load_config(tmp_path / "child.yaml").tune.space == {
         "loss.w_pro": {"uniform": [0.1, 1.0]}
     }
+
+
+def test_benchmark_metrics_are_what_the_ir_scorer_returns():
+    qrels = {"q": {"d1": 1}}
+    assert set(ir_metrics(qrels, {"q": {"d1": 0.9, "d2": 0.1}})) == set(BENCHMARK_METRICS["ir"])

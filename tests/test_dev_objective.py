@@ -90,3 +90,51 @@ def test_dev_scoring_ranks_on_the_extra_benchmark(tmp_path, tiny_model_path):
     # only the extra set carries weight, and the in-domain mean leaves it out
     assert scores["dev_objective"] == pytest.approx(scores["dev:trecqa-train"])
     assert scores["dev_mean"] == pytest.approx(scores["dev_sts_spearman"])
+
+
+def test_an_unknown_metric_of_a_benchmark_is_refused_with_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, '{"dev:trecqa-train:spearman": 1.0}', f"{STSB_DEV}, {TRECQA_TRAIN}")
+    message = str(err.value)
+    assert "dev:trecqa-train:spearman" in message and "mrr@10" in message
+
+
+def test_metric_keys_name_their_benchmark_once(tmp_path):
+    cfg = _config(
+        tmp_path,
+        '{"dev:trecqa-train": 1.0, "dev:trecqa-train:map": 1.0, "dev:trecqa-train:mrr@10": 1.0}',
+        f"{STSB_DEV}, {TRECQA_TRAIN}",
+    )
+    assert objective_benchmarks(cfg.train.objective) == ["trecqa-train"]
+    assert list(dev_data(cfg).extra) == ["dev:trecqa-train"]
+
+
+def test_dev_scoring_weighs_each_named_metric_of_the_extra_benchmark(tmp_path, tiny_model_path):
+    objective = {
+        "dev:trecqa-train": 1.0,
+        "dev:trecqa-train:map": 1.0,
+        "dev:trecqa-train:mrr@10": 2.0,
+    }
+    cfg = _config(
+        tmp_path,
+        '{"dev_sts_spearman": 0.0, "dev_ir_ndcg@10": 0.0, "dev:trecqa-train": 1.0, '
+        '"dev:trecqa-train:map": 1.0, "dev:trecqa-train:mrr@10": 2.0}',
+        f"{STSB_DEV}, {TRECQA_TRAIN}",
+    )
+    assert {k: v for k, v in cfg.train.objective.items() if v > 0} == objective
+    dev = dev_data(cfg)
+    encoder = Encoder.from_pretrained(tiny_model_path, device="cpu")
+    text = cfg.model.text_settings()
+    scores = evaluate_dev(encoder, dev, text, objective=cfg.train.objective)
+    alone = evaluate_ir(
+        encoder,
+        dev.extra["dev:trecqa-train"],
+        max_length_query=text.max_length_query,
+        max_length_passage=text.max_length_passage,
+    )
+    assert scores["dev:trecqa-train"] == pytest.approx(alone["ndcg@10"])
+    assert scores["dev:trecqa-train:map"] == pytest.approx(alone["map"])
+    assert scores["dev:trecqa-train:mrr@10"] == pytest.approx(alone["mrr@10"])
+    expected = (alone["ndcg@10"] + alone["map"] + 2 * alone["mrr@10"]) / 4
+    assert scores["dev_objective"] == pytest.approx(expected)
+    assert "dev:trecqa-train:recall@100" not in scores  # only what the objective names

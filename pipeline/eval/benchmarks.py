@@ -29,7 +29,6 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.config import (
-    HEADLINE_METRIC,
     EvalBenchmark,
     ModelConfig,
     SourceConfig,
@@ -349,15 +348,6 @@ def score(
         sort_by_length=sort_by_length,
         corpus_chunk=corpus_chunk,
     )
-
-
-def headline_score(
-    encoder: Encoder, data: StsData | IrData, text: TextSettings, batch_size: int = 64
-) -> float:
-    """One benchmark's headline score (x100, ``HEADLINE_METRIC``): Spearman for STS pairs, nDCG@10
-    for retrieval."""
-    kind = "sts" if isinstance(data, StsData) else "ir"
-    return score(encoder, data, text, batch_size=batch_size)[HEADLINE_METRIC[kind]]
 
 
 def run_benchmarks(

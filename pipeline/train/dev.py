@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config import DEV_METRICS, TextSettings
-from pipeline.eval.benchmarks import IrData, StsData, headline_score
+from pipeline.config import (
+    DEV_BENCHMARK_PREFIX,
+    DEV_METRICS,
+    HEADLINE_METRIC,
+    TextSettings,
+    objective_key,
+)
+from pipeline.eval.benchmarks import IrData, StsData, score
 from pipeline.model.encoder import Encoder
 
 
@@ -37,14 +43,21 @@ def evaluate_dev(
     objective: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """``dev_sts_spearman``, ``dev_ir_ndcg@10`` (x100), ``dev_mean`` of those two where present, one
-    ``dev:<benchmark>`` score per extra dev set and ``dev_objective`` (see :func:`dev_objective`;
-    the plain mean of the two when ``objective`` is None)."""
+    ``dev:<benchmark>`` headline score per extra dev set plus each ``dev:<benchmark>:<metric>`` the
+    objective names, and ``dev_objective`` (see :func:`dev_objective`; the plain mean of the two when
+    ``objective`` is None). Each set is scored once, whatever number of its metrics is asked."""
     sets = {"dev_sts_spearman": dev.sts, "dev_ir_ndcg@10": dev.ir, **dev.extra}
-    out = {
-        name: headline_score(encoder, data, text, batch_size)
-        for name, data in sets.items()
-        if data is not None
-    }
+    asked = [key for key in objective or {} if objective_key(key)[1] is not None]
+    out = {}
+    for name, data in sets.items():
+        if data is None:
+            continue
+        metrics = score(encoder, data, text, batch_size=batch_size)
+        out[name] = metrics[HEADLINE_METRIC["sts" if isinstance(data, StsData) else "ir"]]
+        for key in asked:
+            bench, metric = objective_key(key)
+            if name == DEV_BENCHMARK_PREFIX + bench:
+                out[key] = metrics[metric]
     if out:
         in_domain = [out[name] for name in DEV_METRICS if name in out]
         if in_domain:
