@@ -52,7 +52,7 @@ def test_quick_preset_trains_joint_and_fuses_its_own_checkpoints(quick_run):
     kept = json.loads((run_dir / "train" / "joint" / "done.json").read_text())["checkpoints"]
     assert len(kept) == 2  # evaluated at step 10 or 20 and at the end: keep_top_k ranks them
     assert set(selection["candidate_scores"]) == set(kept)
-    assert {name.split("(")[0] for name in selection["scores"]} == {"soup", "greedy_soup", "delta"}
+    assert {name.split("(")[0] for name in selection["scores"]} == set(cfg.fusion.methods)
     assert outcome["chosen"].startswith("fused:")
 
 
