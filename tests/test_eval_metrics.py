@@ -16,7 +16,7 @@ from pipeline.eval.geometry import (
     spectrum_metrics,
     uniformity,
 )
-from pipeline.eval.ir import build_run, exact_topk, ir_metrics
+from pipeline.eval.ir import build_run, exact_topk, ir_metrics, per_query_ir_metrics
 from pipeline.eval.sts import sts_scores
 from pipeline.eval.table import eval_markdown, markdown_table
 
@@ -59,6 +59,16 @@ def test_ir_metrics_hand_computed_graded_and_missed_query():
     assert got["recall@100"] == pytest.approx(100 * (2 / 3 + 0) / 2, abs=1e-6)
     assert got["mrr@10"] == pytest.approx(100 * (1 / 2 + 0) / 2, abs=1e-6)
     assert got["map"] == pytest.approx(100 * ((1 / 2 + 2 / 3) / 3 + 0) / 2, abs=1e-6)
+
+
+def test_per_query_metrics_are_hand_computed_and_average_to_ir_metrics():
+    per_query = per_query_ir_metrics(QRELS, RUN)
+    assert set(per_query) == {"q1", "q2"}
+    assert per_query["q1"]["mrr@10"] == pytest.approx(50.0) and per_query["q2"]["mrr@10"] == 0.0
+    assert per_query["q1"]["map"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 3)
+    means = ir_metrics(QRELS, RUN)
+    for name, value in means.items():
+        assert value == pytest.approx(np.mean([q[name] for q in per_query.values()]))
 
 
 def test_query_missing_from_run_counts_zero():

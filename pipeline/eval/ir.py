@@ -9,7 +9,7 @@ queries that have qrels (a query with nothing retrieved counts 0).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytrec_eval
@@ -80,22 +80,34 @@ def _cut(run: Mapping[str, Mapping[str, float]], k: int) -> dict[str, dict[str, 
     }
 
 
-def _mean(per_query: Mapping[str, Mapping[str, float]], measure: str, qids: Iterable[str]) -> float:
-    values = [per_query.get(qid, {}).get(measure, 0.0) for qid in qids]
-    return 100.0 * float(np.mean(values)) if values else 0.0
+TREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "map": "map"}
 
 
-def ir_metrics(
+def per_query_ir_metrics(
     qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
-    """``ndcg@10``, ``recall@100``, ``mrr@10``, ``map`` x100 (trec_eval semantics)."""
+) -> dict[str, dict[str, float]]:
+    """{query id: {``ndcg@10``, ``recall@100``, ``mrr@10``, ``map``: value x100}} for every query with
+    qrels (trec_eval semantics; a query the run misses scores 0): what paired tests between models use."""
     qrels = {qid: {d: int(g) for d, g in docs.items()} for qid, docs in qrels.items()}
     run = {qid: dict(docs) for qid, docs in run.items() if qid in qrels}
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map"}).evaluate(run)
     top10 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_cut(run, 10))
     return {
-        "ndcg@10": _mean(full, "ndcg_cut_10", qrels),
-        "recall@100": _mean(full, "recall_100", qrels),
-        "mrr@10": _mean(top10, "recip_rank", qrels),
-        "map": _mean(full, "map", qrels),
+        qid: {
+            **{name: 100.0 * full.get(qid, {}).get(m, 0.0) for name, m in TREC_MEASURES.items()},
+            "mrr@10": 100.0 * top10.get(qid, {}).get("recip_rank", 0.0),
+        }
+        for qid in qrels
     }
+
+
+def ir_metrics(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """``ndcg@10``, ``recall@100``, ``mrr@10``, ``map`` x100 (trec_eval semantics): the means over the
+    queries of :func:`per_query_ir_metrics`."""
+    per_query = per_query_ir_metrics(qrels, run)
+    names = ("ndcg@10", "recall@100", "mrr@10", "map")
+    if not per_query:
+        return dict.fromkeys(names, 0.0)
+    return {name: float(np.mean([q[name] for q in per_query.values()])) for name in names}

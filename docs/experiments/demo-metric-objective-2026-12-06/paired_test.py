@@ -1,0 +1,87 @@
+"""Is a model's loss against the base on TREC-QA retrieval more than noise? Scores each query of
+TREC-QA dev (held out) and TREC-QA train (out-of-domain dev) for the base and each given model, then
+tests the per-query differences (model - base) on nDCG@10, MAP and MRR@10: mean, 95% BCa bootstrap
+interval and a two-sided paired sign-flip permutation test (scipy.stats), and counts queries won,
+lost and tied. Reads only; chooses nothing.
+
+    PYTHONPATH=. python docs/experiments/demo-metric-objective-2026-12-06/paired_test.py OUT.json BASE MODEL...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from pipeline.config import load_config
+from pipeline.eval.benchmarks import TOP_K, load_ir
+from pipeline.eval.ir import build_run, exact_topk, per_query_ir_metrics
+from pipeline.model.encoder import Encoder
+
+BENCHMARKS = ("trecqa-dev", "trecqa-train")
+METRICS = ("ndcg@10", "map", "mrr@10")
+RESAMPLES = 10_000
+
+
+def per_query(folder: str, cfg, data) -> dict[str, dict[str, float]]:
+    """{query id: metrics} of one encoder folder on one loaded retrieval benchmark."""
+    encoder = Encoder.from_pretrained(folder, device="cpu")
+    text = cfg.model.text_settings()
+    qids = list(data.queries)
+    queries = encoder.encode(
+        [data.queries[q] for q in qids],
+        max_length=text.max_length_query,
+        instruction=text.instruction_ir,
+    )
+    docs = encoder.encode(data.doc_texts, max_length=text.max_length_passage)
+    scores, rows = exact_topk(queries, docs, TOP_K + 1)
+    return per_query_ir_metrics(data.qrels, build_run(qids, data.doc_ids, scores, rows, TOP_K))
+
+
+def paired(diffs: np.ndarray) -> dict[str, float]:
+    """Mean difference, its 95% BCa bootstrap interval, the sign-flip p-value and won/lost/tied."""
+    low, high = stats.bootstrap(
+        (diffs,), np.mean, n_resamples=RESAMPLES, method="BCa", random_state=0
+    ).confidence_interval
+    p = stats.permutation_test(
+        (diffs,), np.mean, permutation_type="samples", n_resamples=RESAMPLES, random_state=0
+    ).pvalue
+    return {
+        "mean": float(diffs.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": float(p),
+        "won": int((diffs > 0).sum()),
+        "lost": int((diffs < 0).sum()),
+        "tied": int((diffs == 0).sum()),
+    }
+
+
+def main(out: str, base: str, *models: str) -> None:
+    cfg = load_config("demo")
+    benches = {b.name: b for b in cfg.eval.benchmarks}
+    report = {}
+    for name in BENCHMARKS:
+        data = load_ir(benches[name], cfg.data.root, cfg.run.dir)
+        base_q = per_query(base, cfg, data)
+        qids = sorted(base_q)
+        for model in models:
+            model_q = per_query(model, cfg, data)
+            for metric in METRICS:
+                diffs = np.array([model_q[q][metric] - base_q[q][metric] for q in qids])
+                row = {"queries": len(qids), **paired(diffs)}
+                report[f"{model} | {name} | {metric}"] = row
+                print(
+                    f"{Path(model).name} {name} {metric}: {row['mean']:+.2f} "
+                    f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] p={row['p']:.3f} "
+                    f"won/lost/tied {row['won']}/{row['lost']}/{row['tied']} of {len(qids)}",
+                    flush=True,
+                )
+    Path(out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
