@@ -12,7 +12,7 @@ ARTIFACTS = ("report.md", "tradeoff.png", "eval.json", "final/model.safetensors"
 def assert_smoke_run_outputs(run_dir: Path) -> dict:
     """The report, plot, results, final model and MLflow store exist, ``eval.json`` scores the base
     and the joint model on STS dev, the final model keeps the preset's passage length, and the
-    report checks the held-out benchmark; returns
+    report checks the held-out benchmark with the paired test of its per-query scores; returns
     ``eval.json``."""
     for artifact in ARTIFACTS:
         assert (run_dir / artifact).is_file(), artifact
@@ -28,6 +28,10 @@ def assert_smoke_run_outputs(run_dir: Path) -> dict:
     assert "## Held-out benchmarks" in report
     for judged in ("nDCG@10", "MAP", "MRR@10"):  # held-out retrieval is judged on all three
         assert f"vs base on trecqa-dev {judged}:" in report
+    # ... each with the paired test of its per-query scores (eval/held_out_queries.json)
+    queries = json.loads((run_dir / "eval" / "held_out_queries.json").read_text())
+    assert set(queries["base"]["trecqa-dev"]) == set(queries["joint"]["trecqa-dev"])
+    assert report.count("; per query: 95% CI") == 3
     # TREC-QA train is dev data of the objective: reported apart from the held-out sets
     extra = report.split("## Extra dev benchmarks of the objective", 1)[1].split("\n## ", 1)[0]
     assert "trecqa-train" in extra and "trecqa-dev" not in extra

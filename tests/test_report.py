@@ -245,6 +245,29 @@ def test_held_out_check_against_the_base(results):
     assert "trecqa-dev MAP: not measured (base missing)" in lines[2]
 
 
+def test_held_out_check_adds_the_paired_test_of_the_per_query_scores(results):
+    """With per-query scores the retrieval sentences say how much of the difference is noise: four
+    queries, the registered model loses one first answer (MRR 1 -> 0.5) and ties the other three."""
+    results["base"]["trecqa-dev"] = {"mrr@10": 100.0}
+    results["fused:delta"]["trecqa-dev"] = {"mrr@10": 87.5}
+    per_query = {
+        "base": {"trecqa-dev": {q: {"mrr@10": 100.0} for q in "abcd"}},
+        "fused:delta": {
+            "trecqa-dev": {"a": {"mrr@10": 50.0}} | {q: {"mrr@10": 100.0} for q in "bcd"}
+        },
+    }
+    held_out = {"trecqa-dev": "ir"}
+    line = held_out_check(results, held_out, chosen="fused:delta", queries=per_query)[-1]
+    assert line.startswith("fused:delta vs base on trecqa-dev MRR@10: 87.50 vs 100.00 (-12.50)")
+    # the sign flips of one nonzero difference: mean -12.5 or +12.5, each half the time: p = 1
+    assert line.endswith("p = 1.00 (0 won, 1 lost, 3 tied of 4).")
+    assert "; per query: 95% CI" in line
+    # queries of the two models that do not match: no test rather than a wrong one
+    per_query["base"]["trecqa-dev"]["e"] = {"mrr@10": 0.0}
+    line = held_out_check(results, held_out, chosen="fused:delta", queries=per_query)[-1]
+    assert line.endswith("more than 1 below.")
+
+
 def test_held_out_table_gives_each_model_its_distance_to_the_base(results):
     for model, (ndcg, map_, mrr) in {
         "base": (70.0, 60.0, 66.0),

@@ -33,11 +33,12 @@ def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
     }
     evaluated = []
 
-    def fake_evaluate(cfg, folder):
+    def fake_score(cfg, folder):
         evaluated.append(Path(folder).name)
-        return {"stsb-test": {"spearman": float(len(evaluated))}}
+        queries = {"trecqa-dev": {"q1": {"map": float(len(evaluated))}}}
+        return {"stsb-test": {"spearman": float(len(evaluated))}}, queries
 
-    monkeypatch.setattr(evaluate, "evaluate_folder", fake_evaluate)
+    monkeypatch.setattr(evaluate, "score_folder", fake_score)
     results = evaluate.run(cfg, folders)
     # the fused model is scored first (the one a user waits for); joint then reuses its scores
     assert evaluated == ["soup", "ir_only"]
@@ -46,6 +47,13 @@ def test_models_with_the_same_weights_are_evaluated_once(tmp_path, monkeypatch):
         "joint": {"stsb-test": {"spearman": 1.0}},
         "ir_only": {"stsb-test": {"spearman": 2.0}},
         "fused:greedy_soup": {"stsb-test": {"spearman": 1.0}},
+    }
+    # the per-query held-out scores follow the same reuse, in eval/held_out_queries.json
+    queries = json.loads(Path(evaluate.held_out_queries_path(cfg.run.dir)).read_text())
+    assert queries == {
+        "joint": {"trecqa-dev": {"q1": {"map": 1.0}}},
+        "ir_only": {"trecqa-dev": {"q1": {"map": 2.0}}},
+        "fused:greedy_soup": {"trecqa-dev": {"q1": {"map": 1.0}}},
     }
     # a second run finds all three in the cache
     assert evaluate.run(cfg, folders) == results and len(evaluated) == 2

@@ -38,7 +38,7 @@ from pipeline.data.beir import BeirSplit, load_corpus, load_split
 from pipeline.data.mining_retrieval import BM25Retriever
 from pipeline.data.readers import read_source, resolve_path
 from pipeline.eval.geometry import geometry_metrics
-from pipeline.eval.ir import RunningTopK, build_run, ir_metrics
+from pipeline.eval.ir import RunningTopK, build_run, mean_ir_metrics, per_query_ir_metrics
 from pipeline.eval.sts import sts_scores
 from pipeline.model.encoder import Encoder
 from pipeline.progress import EncodeProgress
@@ -268,9 +268,11 @@ def evaluate_ir(
     batch_size: int = 64,
     sort_by_length: bool = True,
     corpus_chunk: int = 8192,
+    per_query: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """nDCG@10 / Recall@100 / MRR@10 / MAP x100 by exact cosine search, streaming the corpus in chunks;
-    plus the geometry of (a sample of) the document embeddings (positives: query, relevant document)."""
+    plus the geometry of (a sample of) the document embeddings (positives: query, relevant document).
+    ``per_query``, when given, receives each query's metrics (for paired tests between models)."""
     qids = list(data.queries)
     query_emb = encoder.encode(
         [data.queries[q] for q in qids],
@@ -315,7 +317,10 @@ def evaluate_ir(
         positives=positives,
         max_points=GEOMETRY_POINTS,
     )
-    return {**ir_metrics(data.qrels, run), **geometry}
+    queries = per_query_ir_metrics(data.qrels, run)
+    if per_query is not None:
+        per_query.update(queries)
+    return {**mean_ir_metrics(queries), **geometry}
 
 
 def score(
@@ -326,9 +331,11 @@ def score(
     batch_size: int = 64,
     sort_by_length: bool = True,
     corpus_chunk: int = 8192,
+    per_query: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Every metric of one loaded benchmark: :func:`evaluate_sts` for STS pairs, :func:`evaluate_ir`
-    for retrieval, with the token limits and instructions of ``text``."""
+    for retrieval (``per_query`` receives its per-query metrics), with the token limits and
+    instructions of ``text``."""
     if isinstance(data, StsData):
         return evaluate_sts(
             encoder,
@@ -347,6 +354,7 @@ def score(
         batch_size=batch_size,
         sort_by_length=sort_by_length,
         corpus_chunk=corpus_chunk,
+        per_query=per_query,
     )
 
 
@@ -360,11 +368,13 @@ def run_benchmarks(
     sort_by_length: bool = True,
     corpus_chunk: int = 8192,
     text: TextSettings | None = None,
+    held_out_queries: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """{benchmark name: {metric: value}} for every benchmark that could be loaded, in config order
     (a text shared by several benchmarks is encoded once, see ``EmbeddingMemo``); prints each
     benchmark's encoding progress every 30 s and its texts, seconds and texts/s at the end.
-    ``text``: token limits and instructions (default: ``ModelConfig``'s)."""
+    ``text``: token limits and instructions (default: ``ModelConfig``'s). ``held_out_queries``, when
+    given, receives {benchmark: {query id: metrics}} of each held-out retrieval benchmark."""
     text = text or ModelConfig().text_settings()
     for bench in benchmarks:
         if bench.format not in FORMATS[bench.kind]:
@@ -384,6 +394,7 @@ def run_benchmarks(
         )
         if data is None:  # an ir_dev slice not mined yet
             continue
+        queries = {} if held_out_queries is not None and bench.held_out else None
         results[bench.name] = score(
             memo,
             data,
@@ -391,7 +402,10 @@ def run_benchmarks(
             batch_size=batch_size,
             sort_by_length=sort_by_length,
             corpus_chunk=corpus_chunk,
+            per_query=queries,
         )
+        if queries:
+            held_out_queries[bench.name] = queries
         memo.progress.finish(memo.encoded - encoded)
     memo.progress = None
     return results

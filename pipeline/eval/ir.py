@@ -106,7 +106,11 @@ def ir_metrics(
 ) -> dict[str, float]:
     """``ndcg@10``, ``recall@100``, ``mrr@10``, ``map`` x100 (trec_eval semantics): the means over the
     queries of :func:`per_query_ir_metrics`."""
-    per_query = per_query_ir_metrics(qrels, run)
+    return mean_ir_metrics(per_query_ir_metrics(qrels, run))
+
+
+def mean_ir_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The means over the queries of :func:`per_query_ir_metrics` (0 for no query)."""
     names = ("ndcg@10", "recall@100", "mrr@10", "map")
     if not per_query:
         return dict.fromkeys(names, 0.0)

@@ -10,9 +10,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 from pipeline.config import HELD_OUT_METRICS
+from pipeline.eval.paired import paired_difference
 from pipeline.eval.table import GEOMETRY
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]
+QueryScores = Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]  # model, bench, query
 Better = str  # "max", "min" or "zero" (nearest to 0)
 
 MISSING = "–"
@@ -271,10 +273,17 @@ def held_out_table(results: Results, held_out: Mapping[str, str], *, chosen: str
 
 
 def held_out_check(
-    results: Results, held_out: Mapping[str, str], *, chosen: str, tolerance: float = 1.0
+    results: Results,
+    held_out: Mapping[str, str],
+    *,
+    chosen: str,
+    tolerance: float = 1.0,
+    queries: QueryScores | None = None,
 ) -> list[str]:
     """Sentences computed from the numbers: the registered model against the base on each metric of
-    ``HELD_OUT_METRICS`` of each held-out benchmark, at most ``tolerance`` points lower or not."""
+    ``HELD_OUT_METRICS`` of each held-out benchmark, at most ``tolerance`` points lower or not. With
+    ``queries`` (model -> benchmark -> query id -> metrics, ``eval/held_out_queries.json``) each
+    retrieval sentence adds the paired test of the per-query differences (how much is noise)."""
     lines = []
     for bench, kind in held_out.items():
         for name in HELD_OUT_METRICS[kind]:
@@ -290,9 +299,22 @@ def held_out_check(
             )
             lines.append(
                 f"{chosen} vs base on {_label(bench, name)}: {a:.2f} vs {b:.2f} ({diff:+.2f}), "
-                f"{verdict}."
+                f"{verdict}{_paired_note(queries or {}, chosen, bench, name)}."
             )
     return lines
+
+
+def _paired_note(queries: QueryScores, model: str, bench: str, name: str) -> str:
+    """``"; per query: 95% CI ..."`` of ``model`` − base on ``bench``'s ``name``, or "" unmeasured."""
+    mine, base = queries.get(model, {}).get(bench), queries.get("base", {}).get(bench)
+    if not mine or not base or set(mine) != set(base) or len(base) < 2:
+        return ""
+    qids = sorted(base)
+    test = paired_difference([mine[q][name] for q in qids], [base[q][name] for q in qids])
+    return (
+        f"; per query: 95% CI {test.low:+.2f} to {test.high:+.2f}, p = {test.p:.2f} "
+        f"({test.won} won, {test.lost} lost, {test.tied} tied of {len(qids)})"
+    )
 
 
 def selection_summary(

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from pipeline import storage
 from pipeline.report.tables import (
+    QueryScores,
     Results,
     comparison_table,
     dev_table,
@@ -49,6 +50,7 @@ def render_report(
     ir_dev: str = "ir-dev",
     held_out: Mapping[str, str] | None = None,
     held_out_tolerance: float = 1.0,
+    held_out_queries: QueryScores | None = None,
     objective_dev: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown text of the report; ``held_out`` maps each held-out benchmark to its kind,
@@ -69,7 +71,13 @@ def render_report(
         + dev_table(results, dev_selection, chosen=chosen, **dev),
     ]
     if held_out:
-        check = held_out_check(results, held_out, chosen=chosen, tolerance=held_out_tolerance)
+        check = held_out_check(
+            results,
+            held_out,
+            chosen=chosen,
+            tolerance=held_out_tolerance,
+            queries=held_out_queries,
+        )
         sections.append(
             "## Held-out benchmarks (never trained or selected on)\n\n"
             + held_out_table(results, held_out, chosen=chosen)
@@ -102,6 +110,7 @@ def write_report(
     ir_dev: str = "ir-dev",
     held_out: Mapping[str, str] | None = None,
     held_out_tolerance: float = 1.0,
+    held_out_queries: QueryScores | None = None,
     objective_dev: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Write ``report.md`` and ``tradeoff.png`` under ``out_dir``; return {"report", "tradeoff"} paths."""
@@ -122,6 +131,7 @@ def write_report(
         ir_dev=ir_dev,
         held_out=held_out,
         held_out_tolerance=held_out_tolerance,
+        held_out_queries=held_out_queries,
         objective_dev=objective_dev,
         **benches,
     )

@@ -1,8 +1,10 @@
 """The evaluate stage: every model (base, each mode's best checkpoint, the fused models) on every
 benchmark of ``eval.benchmarks`` -> ``<run dir>/eval/models/<model>/done.json`` (each model's scores,
 keyed by its weights file, the benchmarks, the model section, the batch size and the device) and
-``<run dir>/eval.json`` gathering them. A model with the same tensors as one already scored (a greedy
-soup of one) reuses its scores. On a GPU run each model is scored in a Ray task holding a GPU."""
+``<run dir>/eval.json`` gathering them, and ``<run dir>/eval/held_out_queries.json``: each model's
+per-query metrics on the held-out retrieval benchmarks, for the report's paired test against the base.
+A model with the same tensors as one already scored (a greedy soup of one) reuses its scores. On a
+GPU run each model is scored in a Ray task holding a GPU."""
 
 from __future__ import annotations
 
@@ -15,11 +17,19 @@ from pipeline.model.encoder import Encoder
 from pipeline.stage_cache import cached, input_hash, mark_done, weights_file_sha256
 
 Results = dict[str, dict[str, float]]  # benchmark -> metric -> value
+QueryScores = dict[
+    str, dict[str, dict[str, float]]
+]  # held-out benchmark -> query id -> metric -> value
 
 
 def results_path(run_dir: str) -> str:
     """``<run dir>/eval.json``."""
     return storage.join(run_dir, "eval.json")
+
+
+def held_out_queries_path(run_dir: str) -> str:
+    """``<run dir>/eval/held_out_queries.json``: model -> held-out benchmark -> query id -> metrics."""
+    return storage.join(run_dir, "eval", "held_out_queries.json")
 
 
 def models_to_score(
@@ -37,10 +47,15 @@ def models_to_score(
 def evaluate_folder(cfg: Config, folder: str) -> Results:
     """One model folder on every benchmark of ``eval.benchmarks``, uncached; on a GPU run in a Ray
     task holding a GPU (see ``pipeline.inference``)."""
+    return score_folder(cfg, folder)[0]
+
+
+def score_folder(cfg: Config, folder: str) -> tuple[Results, QueryScores]:
+    """:func:`evaluate_folder`'s scores and the per-query metrics of the held-out retrieval benchmarks."""
     return on_inference_device(cfg.train.use_gpu, _evaluate_here, cfg, folder)
 
 
-def _evaluate_here(cfg: Config, folder: str) -> Results:
+def _evaluate_here(cfg: Config, folder: str) -> tuple[Results, QueryScores]:
     m = cfg.model
     encoder = Encoder.from_pretrained(
         storage.fetch(folder),
@@ -49,7 +64,8 @@ def _evaluate_here(cfg: Config, folder: str) -> Results:
         device=inference_device(cfg.train.use_gpu),
         bf16=cfg.eval.bf16,
     )
-    return run_benchmarks(
+    queries: QueryScores = {}
+    results = run_benchmarks(
         encoder,
         cfg.eval.benchmarks,
         data_root=cfg.data.root,
@@ -58,7 +74,9 @@ def _evaluate_here(cfg: Config, folder: str) -> Results:
         sort_by_length=cfg.eval.sort_by_length,
         corpus_chunk=cfg.eval.corpus_chunk,
         text=m.text_settings(),
+        held_out_queries=queries,
     )
+    return results, queries
 
 
 def run(cfg: Config, folders: dict[str, str]) -> dict[str, Results]:
@@ -66,7 +84,7 @@ def run(cfg: Config, folders: dict[str, str]) -> dict[str, Results]:
     returns ``eval.json``: model -> benchmark -> metric, in the order of ``folders``. The fused models
     are scored first: the one to be registered is the result a user waits for, and a run stopped
     during this stage keeps its scores (each model's ``done.json``) for the restart."""
-    results, scored = {}, {}
+    results, queries, scored = {}, {}, {}
     benchmarks = [b.model_dump() for b in cfg.eval.benchmarks]
     for name in scoring_order(folders):
         folder = folders[name]
@@ -82,15 +100,20 @@ def run(cfg: Config, folders: dict[str, str]) -> dict[str, Results]:
         done = cached(out, digest)
         if done is None and weights in scored:
             print(f"[pipeline] {name}: same weights as {scored[weights]}, reusing its scores")
-            done = mark_done(out, digest, model=folder, results=results[scored[weights]])
+            same = scored[weights]
+            done = mark_done(
+                out, digest, model=folder, results=results[same], held_out_queries=queries[same]
+            )
         if done is None:
             print(f"[pipeline] evaluating {name} ({folder})")
-            scores = evaluate_folder(cfg, folder)
-            done = mark_done(out, digest, model=folder, results=scores)
+            scores, per_query = score_folder(cfg, folder)
+            done = mark_done(out, digest, model=folder, results=scores, held_out_queries=per_query)
         results[name] = done["results"]
+        queries[name] = done.get("held_out_queries", {})  # absent in records of earlier versions
         scored.setdefault(weights, name)
     results = {name: results[name] for name in folders}
     storage.write_json(results_path(cfg.run.dir), results)
+    storage.write_json(held_out_queries_path(cfg.run.dir), {n: queries[n] for n in folders})
     return results
 
 

@@ -8,6 +8,7 @@ from pipeline import storage
 from pipeline.config import Config, objective_benchmarks
 from pipeline.report import write_report
 from pipeline.report.training import dev_only_note, plot_dev_curves, training_notes
+from pipeline.stages.evaluate import held_out_queries_path
 
 
 def run(
@@ -38,6 +39,7 @@ def run(
         title=f"CoDiEmb on Ray — run {cfg.run.name}",
         held_out={b.name: b.kind for b in cfg.eval.benchmarks if b.held_out},
         held_out_tolerance=cfg.eval.held_out_tolerance,
+        held_out_queries=_held_out_queries(cfg.run.dir),
         objective_dev={
             b.name: b.kind
             for b in cfg.eval.benchmarks
@@ -47,3 +49,9 @@ def run(
     paths["dev_curves"] = storage.join(cfg.run.dir, "dev_curves.png")
     plot_dev_curves(metrics, paths["dev_curves"])
     return paths
+
+
+def _held_out_queries(run_dir: str) -> dict:
+    """The evaluate stage's per-query held-out scores, or {} when this run has none."""
+    path = held_out_queries_path(run_dir)
+    return storage.read_json(path) if storage.exists(path) else {}

@@ -1,29 +1,28 @@
 """Is a model's loss against the base on TREC-QA retrieval more than noise? Scores each query of
 TREC-QA dev (held out) and TREC-QA train (out-of-domain dev) for the base and each given model, then
-tests the per-query differences (model - base) on nDCG@10, MAP and MRR@10: mean, 95% BCa bootstrap
-interval and a two-sided paired sign-flip permutation test (scipy.stats), and counts queries won,
-lost and tied. Reads only; chooses nothing.
+tests the per-query differences (model - base) on nDCG@10, MAP and MRR@10 with
+``pipeline.eval.paired.paired_difference`` (mean, 95% BCa bootstrap interval, two-sided sign-flip
+permutation test, queries won, lost and tied; the report's held-out check now runs the same test).
+Reads only; chooses nothing.
 
     PYTHONPATH=. python docs/experiments/demo-metric-objective-2026-12-06/paired_test.py OUT.json BASE MODEL...
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
 from pipeline.config import load_config
 from pipeline.eval.benchmarks import TOP_K, load_ir
 from pipeline.eval.ir import build_run, exact_topk, per_query_ir_metrics
+from pipeline.eval.paired import paired_difference
 from pipeline.model.encoder import Encoder
 
 BENCHMARKS = ("trecqa-dev", "trecqa-train")
 METRICS = ("ndcg@10", "map", "mrr@10")
-RESAMPLES = 10_000
 
 
 def per_query(folder: str, cfg, data) -> dict[str, dict[str, float]]:
@@ -41,25 +40,6 @@ def per_query(folder: str, cfg, data) -> dict[str, dict[str, float]]:
     return per_query_ir_metrics(data.qrels, build_run(qids, data.doc_ids, scores, rows, TOP_K))
 
 
-def paired(diffs: np.ndarray) -> dict[str, float]:
-    """Mean difference, its 95% BCa bootstrap interval, the sign-flip p-value and won/lost/tied."""
-    low, high = stats.bootstrap(
-        (diffs,), np.mean, n_resamples=RESAMPLES, method="BCa", random_state=0
-    ).confidence_interval
-    p = stats.permutation_test(
-        (diffs,), np.mean, permutation_type="samples", n_resamples=RESAMPLES, random_state=0
-    ).pvalue
-    return {
-        "mean": float(diffs.mean()),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "p": float(p),
-        "won": int((diffs > 0).sum()),
-        "lost": int((diffs < 0).sum()),
-        "tied": int((diffs == 0).sum()),
-    }
-
-
 def main(out: str, base: str, *models: str) -> None:
     cfg = load_config("demo")
     benches = {b.name: b for b in cfg.eval.benchmarks}
@@ -71,8 +51,11 @@ def main(out: str, base: str, *models: str) -> None:
         for model in models:
             model_q = per_query(model, cfg, data)
             for metric in METRICS:
-                diffs = np.array([model_q[q][metric] - base_q[q][metric] for q in qids])
-                row = {"queries": len(qids), **paired(diffs)}
+                test = paired_difference(
+                    [model_q[q][metric] for q in qids], [base_q[q][metric] for q in qids]
+                )
+                row = {"queries": len(qids), **dataclasses.asdict(test)}
+                row["ci_low"], row["ci_high"] = row.pop("low"), row.pop("high")
                 report[f"{model} | {name} | {metric}"] = row
                 print(
                     f"{Path(model).name} {name} {metric}: {row['mean']:+.2f} "
