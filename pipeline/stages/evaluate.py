@@ -17,9 +17,8 @@ from pipeline.model.encoder import Encoder
 from pipeline.stage_cache import cached, input_hash, mark_done, weights_file_sha256
 
 Results = dict[str, dict[str, float]]  # benchmark -> metric -> value
-QueryScores = dict[
-    str, dict[str, dict[str, float]]
-]  # held-out benchmark -> query id -> metric -> value
+# held-out benchmark -> query id -> metric -> value
+QueryScores = dict[str, dict[str, dict[str, float]]]
 
 
 def results_path(run_dir: str) -> str:

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.eval.benchmarks import TOP_K, load_ir
-from pipeline.eval.ir import build_run, exact_topk, per_query_ir_metrics
+from pipeline.eval.benchmarks import load_ir, score
 from pipeline.eval.paired import paired_difference
 from pipeline.model.encoder import Encoder
 
@@ -26,18 +25,12 @@ METRICS = ("ndcg@10", "map", "mrr@10")
 
 
 def per_query(folder: str, cfg, data) -> dict[str, dict[str, float]]:
-    """{query id: metrics} of one encoder folder on one loaded retrieval benchmark."""
+    """{query id: metrics} of one encoder folder on one loaded retrieval benchmark (the evaluate
+    stage's own search and metrics)."""
+    queries: dict[str, dict[str, float]] = {}
     encoder = Encoder.from_pretrained(folder, device="cpu")
-    text = cfg.model.text_settings()
-    qids = list(data.queries)
-    queries = encoder.encode(
-        [data.queries[q] for q in qids],
-        max_length=text.max_length_query,
-        instruction=text.instruction_ir,
-    )
-    docs = encoder.encode(data.doc_texts, max_length=text.max_length_passage)
-    scores, rows = exact_topk(queries, docs, TOP_K + 1)
-    return per_query_ir_metrics(data.qrels, build_run(qids, data.doc_ids, scores, rows, TOP_K))
+    score(encoder, data, cfg.model.text_settings(), per_query=queries)
+    return queries
 
 
 def main(out: str, base: str, *models: str) -> None:
