@@ -7,6 +7,7 @@ the key and the file it came from.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ class SourceConfig(_Section):
     format: Literal["own", "stsb", "stsb_csv", "beir", "trecqa", "snli", "hf"]
     path: str  # relative to ``data.root`` unless absolute / a URI / a Hub id (format "hf")
     split: str = "train"  # BEIR qrels split, SNLI split, HF split
-    limit: int | None = None  # keep only the first N records (smoke tests)
+    skip: int = Field(0, ge=0)  # drop the first N records (with limit: a slice of the file)
+    limit: int | None = None  # keep only the first N records after `skip` (smoke tests)
     score_range: tuple[float, float] | None = (
         None  # gold scale of STS sources; None = reader default
     )
@@ -98,6 +100,8 @@ class EvalBenchmark(_Section):
     format: Literal["own", "stsb", "stsb_csv", "beir", "ir_dev", "trecqa", "snli"]
     path: str = ""
     split: str = "test"
+    # drop the first N pairs / queries (e.g. the questions a training source keeps with `limit`)
+    skip: int = Field(0, ge=0)
     limit: int | None = None
     pool: int = Field(
         0, ge=0
@@ -161,7 +165,11 @@ class TextSettings:
 
 class MiningConfig(_Section):
     method: Literal["bm25", "dense", "both"] = "bm25"
-    num_negatives: int = Field(4, gt=0)
+    num_negatives: int = Field(4, gt=0)  # also caps the negatives a source ships (TREC-QA)
+    # records keep at most this many positives (seeded sample); None = all. The IR loss has one term
+    # per positive slot, so a record with many positives (a TREC-QA question has up to 40) would
+    # fill most of a batch's terms alone
+    max_positives: int | None = Field(None, gt=0)
     rank_window: tuple[int, int] = (10, 50)  # 1-based, inclusive ranks to sample negatives from
     margin: float | None = None  # drop candidates with dense score > positive's score - margin
     dev_queries: int = Field(100, ge=0)  # seeded held-out slice of the IR training queries
@@ -446,7 +454,8 @@ class Config(_Section):
             if source is not None:
                 raise ValueError(
                     f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', which reads "
-                    f"{bench.path!r}, the file data.sources {source.name!r} trains on"
+                    f"{bench.path!r} rows {_rows(bench)}, which data.sources {source.name!r} "
+                    f"trains on (rows {_rows(source)}): give them disjoint skip/limit"
                 )
         for key in (k for k in keys if objective[k] > 0):
             name, metric = objective_key(key)
@@ -477,11 +486,19 @@ def objective_benchmarks(objective: dict[str, float]) -> list[str]:
 
 
 def _same_file(source: SourceConfig, bench: EvalBenchmark) -> bool:
-    """Whether ``bench`` reads the records ``source`` trains on (same path, and same split where the
-    format picks its file by split)."""
+    """Whether ``bench`` reads records ``source`` trains on: same path, same split where the format
+    picks its file by split, and overlapping ``skip``/``limit`` rows (both count the same records)."""
     if os.path.normpath(source.path) != os.path.normpath(bench.path):
         return False
-    return source.split == bench.split if bench.format in SPLIT_FORMATS else True
+    if bench.format in SPLIT_FORMATS and source.split != bench.split:
+        return False
+    ends = [s.skip + s.limit if s.limit is not None else math.inf for s in (source, bench)]
+    return max(source.skip, bench.skip) < min(ends)
+
+
+def _rows(part: SourceConfig | EvalBenchmark) -> str:
+    end = "end" if part.limit is None else part.skip + part.limit
+    return f"{part.skip}..{end}"
 
 
 # Mappings whose keys are the user's, not config fields: a preset or an override replaces them whole

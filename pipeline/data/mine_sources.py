@@ -3,7 +3,8 @@ with hard negatives, ``ir_dev.json`` (the held-out dev queries and their qrels) 
 
 BEIR sources are mined from their own corpus; other sources whose records lack negatives are mined
 from the pool of their own positives; sources whose records all have negatives (TREC-QA, SNLI) are
-copied through. Caching is the mine stage's (``pipeline.stages.mine``).
+copied through. Then records with more negatives than ``mining.num_negatives`` or more positives than
+``mining.max_positives`` keep a seeded sample of them. Caching is the mine stage's (``pipeline.stages.mine``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 from pipeline import storage
 from pipeline.config import MiningConfig, TextSettings
 from pipeline.data.beir import load_qrels, load_split
-from pipeline.data.mining import dev_slice, mine_negatives, split_dev_queries
+from pipeline.data.mining import cap_given, dev_slice, mine_negatives, split_dev_queries
 from pipeline.data.mining_retrieval import Retriever, TextEncoder, build_retriever
 
 DEV_FILE = "ir_dev.json"
@@ -80,6 +81,9 @@ def mine_sources(
         else:
             table = records
             entry.update(records=records.num_rows, passed_through=records.num_rows, copied=True)
+        table, entry["capped"] = cap_given(
+            table, max_positives=mining.max_positives, max_negatives=mining.num_negatives, seed=seed
+        )
         entry["output"] = storage.join(out_dir, "ir", f"{source.name}.parquet")
         storage.write_parquet(entry["output"], table)
         stats["sources"][source.name] = entry

@@ -70,6 +70,33 @@ def record_keys(records: pa.Table) -> list[str]:
     return [rid or query for rid, query in zip(records.column("id").to_pylist(), queries)]
 
 
+def cap_given(
+    records: pa.Table, *, max_positives: int | None, max_negatives: int, seed: int
+) -> tuple[pa.Table, dict[str, int]]:
+    """Records that carry more positives than ``max_positives`` (None: no cap) or more negatives than
+    ``max_negatives`` (a TREC-QA question's wrong answers) keep a sample of that many, in their own
+    order, drawn with a generator seeded by (seed, column, record id); ``positive_ids`` follow their
+    positives. Cap after mining, so that no dropped positive can be mined as a negative. Returns the
+    table (same schema and rows) and how many records each column cut."""
+    keys = record_keys(records)
+    columns = {name: records.column(name).to_pylist() for name in records.column_names}
+    cut = {"positives": 0, "negatives": 0}
+    for column, cap in (("positives", max_positives), ("negatives", max_negatives)):
+        for row, texts in enumerate(columns[column]):
+            if cap is None or len(texts) <= cap:
+                continue
+            rng = np.random.default_rng(_stable_int(seed, column, keys[row]))
+            kept = np.sort(rng.choice(len(texts), cap, replace=False)).tolist()
+            follow = ("positives", "positive_ids") if column == "positives" else (column,)
+            for name in follow:
+                if columns.get(name) and columns[name][row]:
+                    columns[name][row] = [columns[name][row][i] for i in kept]
+            cut[column] += 1
+    if any(cut.values()):
+        records = pa.Table.from_pydict(columns, schema=records.schema)
+    return records, cut
+
+
 def split_dev_queries(records: pa.Table, n_dev: int, seed: int) -> tuple[pa.Table, pa.Table]:
     """Cut a fixed dev slice of ``n_dev`` queries: ``(train records, dev records)``, disjoint.
 

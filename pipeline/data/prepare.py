@@ -91,6 +91,7 @@ def _entry(
         "format": source.format,
         "path": source.path,
         "split": source.split,
+        "skip": source.skip,
         "limit": source.limit,
         "read": result.read,
         "kept": result.kept,

@@ -9,7 +9,8 @@ own         both  a ``.jsonl`` / ``.parquet`` file, or a folder of them (own for
 stsb        sts   an original STS-B file (``stsbenchmark/sts-train.csv``): tab-separated, fields 4-6
 stsb_csv    sts   a 3-column CSV without header: sentence1, sentence2, score (``stsb-multi-mt-en``)
 beir        ir    a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; positives from qrels
-trecqa      ir    a CSV with header qtext,label,atext; one record per question
+trecqa      ir    a CSV with header qtext,label,atext; one record per question that has a correct
+                  answer (label 1: positives, label 0: hard negatives)
 snli        ir    a SentEval SNLI folder: s1/s2/labels.<split>; one record per premise that has an
                   entailment (positives) and a contradiction (hard negatives)
 hf          both  anything ``datasets.load_dataset`` opens: a local folder, or a Hub id (``hf://`` prefix
@@ -20,7 +21,8 @@ STS scores are given on ``score_range`` (default :data:`DEFAULT_SCORE_RANGE`, th
 and normalised to [0, 1]. Every bad record is returned as a :class:`QuarantinedRecord` with its file and
 1-based line; text files are read as one record per line. ``read`` counts the records a reader formed
 plus the input lines it could not use, so ``read == kept + len(quarantined)`` always holds. Rows a
-format leaves out by design (SNLI neutral pairs, BEIR qrels with grade 0) are counted in ``skipped``.
+format leaves out by design (SNLI neutral pairs, BEIR qrels with grade 0, TREC-QA questions without
+a correct answer) are counted in ``skipped``.
 
 Record ids: the source's own where it has one (own-format ``id``, BEIR query id, STS-B
 ``genre/file/year/id``), else ``<file name>:<line>``; a repeated id is quarantined. The ``source``
@@ -389,6 +391,9 @@ def _read_trecqa(source: SourceConfig, path: str, skipped: Counter) -> Iterator[
             group = questions.setdefault(question, {"line": number, "1": [], "0": []})
             group[label].append(answer)
     for question, group in questions.items():
+        if not group["1"]:
+            skipped["questions_without_answer"] += 1
+            continue
         fields = {"query": question, "positives": group["1"], "negatives": group["0"]}
         yield Candidate(path, group["line"], fields)
 
@@ -494,16 +499,23 @@ def _raw(item: Candidate) -> str:
     return item.raw or json.dumps(item.fields, ensure_ascii=False, default=str)
 
 
+def row_slice(skip: int, limit: int | None) -> slice:
+    """The rows ``skip`` and ``limit`` keep: drop the first ``skip``, keep the next ``limit``."""
+    return slice(skip, None if limit is None else skip + limit)
+
+
 def read_source(source: SourceConfig, data_root: str) -> ReadResult:
     """Read one source into its task's schema; bad records quarantined, never dropped silently.
 
-    ``limit`` keeps the first N items (records and bad input lines alike).
+    ``skip`` drops the first N items, then ``limit`` keeps the next N (records and bad input lines
+    alike), so two sources can split one file: ``limit: N`` and ``skip: N``.
     """
     score_range = check_source(source)
     input_files = source_files(source, data_root)
     skipped: Counter = Counter()
     reader = READERS[source.format](source, source_path(source, data_root), skipped)
-    items = itertools.islice(reader, source.limit)
+    kept_rows = row_slice(source.skip, source.limit)
+    items = itertools.islice(reader, kept_rows.start, kept_rows.stop)
     kept: list[dict[str, Any]] = []
     bad: list[QuarantinedRecord] = []
     seen: dict[str, str] = {}  # record id -> file:line where it was first kept

@@ -11,8 +11,8 @@ Formats (``EvalBenchmark.format``):
   of the file.
 - ``snli`` (kind sts): premise-hypothesis pairs, gold 1 for entailment and 0 for contradiction, so the
   Spearman correlation measures how well similarity separates the two.
-``limit`` keeps the first N pairs (STS), queries (IR; the corpus stays whole) or, for ``trecqa`` /
-``snli``, questions / premises (their candidates form the corpus).
+``skip`` drops the first N, then ``limit`` keeps the next N pairs (STS), queries (IR; the corpus stays
+whole) or, for ``trecqa`` / ``snli``, questions / premises (their candidates form the corpus).
 
 Queries and both sides of STS pairs get their task's instruction; documents (``title + " " + text``)
 get none. Each benchmark's results hold its scores (x100) and the geometry of its embeddings (raw).
@@ -36,7 +36,7 @@ from pipeline.config import (
 )
 from pipeline.data.beir import BeirSplit, load_corpus, load_split
 from pipeline.data.mining_retrieval import BM25Retriever
-from pipeline.data.readers import read_source, resolve_path
+from pipeline.data.readers import read_source, resolve_path, row_slice
 from pipeline.eval.geometry import geometry_metrics
 from pipeline.eval.ir import RunningTopK, build_run, mean_ir_metrics, per_query_ir_metrics
 from pipeline.eval.sts import sts_scores
@@ -113,9 +113,12 @@ def _read(bench: EvalBenchmark, data_root: str, task: str):
         format=bench.format,
         path=bench.path,
         split=bench.split,
+        skip=bench.skip,
         limit=bench.limit,
     )
     result = read_source(source, data_root)
+    if result.skipped:
+        print(f"[eval] {bench.name}: left out by design: {result.skipped}")
     if result.quarantined:
         reasons = Counter(record.reason for record in result.quarantined)
         first = result.quarantined[0]
@@ -194,7 +197,7 @@ def _load_beir_or_dev(bench: EvalBenchmark, data_root: str, run_dir: str) -> IrD
         split = BeirSplit(corpus=load_corpus(folder), queries=dev["queries"], qrels=dev["qrels"])
     else:
         split = load_split(resolve_path(bench.path, data_root), bench.split)
-    kept = list(split.queries)[: bench.limit]
+    kept = list(split.queries)[row_slice(bench.skip, bench.limit)]
     return IrData(
         queries={qid: split.queries[qid] for qid in kept},
         qrels={qid: {d: int(g) for d, g in split.qrels[qid].items()} for qid in kept},
