@@ -421,10 +421,22 @@ class Config(_Section):
                     f"{key}=true needs train.use_gpu=true (bf16 autocast runs on CUDA only)"
                 )
         self._check_objective()
+        for bench in (b for b in self.eval.benchmarks if b.held_out):
+            self._refuse_trained_rows(f"eval.benchmarks {bench.name!r} is held_out: true", bench)
         lo, hi = self.mining.rank_window
         if not 1 <= lo <= hi:
             raise ValueError(f"mining.rank_window={self.mining.rank_window}: need 1 <= low <= high")
         return self
+
+    def _refuse_trained_rows(self, what: str, bench: EvalBenchmark) -> None:
+        """Raise when ``bench`` reads rows a training source trains on (``what`` says why that
+        matters)."""
+        source = next((s for s in self.data.sources if _same_file(s, bench)), None)
+        if source is not None:
+            raise ValueError(
+                f"{what}, but it reads {bench.path!r} rows {_rows(bench)}, which data.sources "
+                f"{source.name!r} trains on (rows {_rows(source)}): give them disjoint skip/limit"
+            )
 
     def _check_objective(self) -> None:
         objective = self.train.objective
@@ -450,13 +462,9 @@ class Config(_Section):
                     "so it is no longer held out (drop it from the objective, or add a dev "
                     "benchmark on other data)"
                 )
-            source = next((s for s in self.data.sources if _same_file(s, bench)), None)
-            if source is not None:
-                raise ValueError(
-                    f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}', which reads "
-                    f"{bench.path!r} rows {_rows(bench)}, which data.sources {source.name!r} "
-                    f"trains on (rows {_rows(source)}): give them disjoint skip/limit"
-                )
+            self._refuse_trained_rows(
+                f"train.objective names '{DEV_BENCHMARK_PREFIX}{name}'", bench
+            )
         for key in (k for k in keys if objective[k] > 0):
             name, metric = objective_key(key)
             kind = next(b.kind for b in self.eval.benchmarks if b.name == name)

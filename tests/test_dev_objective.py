@@ -44,6 +44,23 @@ def test_an_unknown_benchmark_is_refused_with_the_known_names(tmp_path):
     assert "'trec-qa'" in str(err.value) and "stsb-dev" in str(err.value)
 
 
+def test_rows_a_source_trains_on_are_refused_and_the_rest_of_its_file_accepted(tmp_path):
+    source = "{name: trecqa, task: ir, format: trecqa, path: trecqa-wang/train.csv, limit: 57}"
+
+    def config(skip: int):
+        tail = (
+            f"{{name: tail, kind: ir, format: trecqa, path: trecqa-wang/train.csv, skip: {skip}}}"
+        )
+        overrides = [f"run.root={tmp_path}", f"data.sources=[{source}]"]
+        overrides += ['train.objective={"dev:tail": 1.0}', f"eval.benchmarks=[{tail}]"]
+        return load_config("smoke", overrides)
+
+    assert config(57).eval.benchmarks[0].skip == 57
+    with pytest.raises(ConfigError) as err:
+        config(50)
+    assert "rows 50..end" in str(err.value) and "rows 0..57" in str(err.value)
+
+
 def test_a_benchmark_on_a_training_file_is_refused(tmp_path):
     trained = "{name: stsb-train, kind: sts, format: stsb, path: stsbenchmark/sts-train.csv}"
     with pytest.raises(ConfigError, match="trains on"):
@@ -138,3 +155,21 @@ def test_dev_scoring_weighs_each_named_metric_of_the_extra_benchmark(tmp_path, t
     expected = (alone["ndcg@10"] + alone["map"] + 2 * alone["mrr@10"]) / 4
     assert scores["dev_objective"] == pytest.approx(expected)
     assert "dev:trecqa-train:recall@100" not in scores  # only what the objective names
+
+
+def test_a_held_out_benchmark_on_rows_a_source_trains_on_is_refused(tmp_path):
+    source = "{name: trecqa, task: ir, format: trecqa, path: trecqa-wang/train.csv, limit: 57}"
+
+    def config(skip: int):
+        held = (
+            "{name: qa, kind: ir, format: trecqa, path: trecqa-wang/train.csv, "
+            f"skip: {skip}, held_out: true}}"
+        )
+        overrides = [f"run.root={tmp_path}", f"data.sources=[{source}]"]
+        overrides += ["train.objective={dev_sts_spearman: 1.0}", f"eval.benchmarks=[{held}]"]
+        return load_config("smoke", overrides)
+
+    assert config(57).eval.benchmarks[0].held_out
+    with pytest.raises(ConfigError) as err:
+        config(0)
+    assert "'qa' is held_out: true" in str(err.value) and "rows 0..57" in str(err.value)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.data.beir import load_qrels, load_split
-from pipeline.data.mining import dev_slice, mine_negatives, split_dev_queries
+from pipeline.data.mining import cap_given, dev_slice, mine_negatives, split_dev_queries
 from pipeline.data.mining_retrieval import (
     BM25Retriever,
     DenseRetriever,
@@ -325,3 +325,36 @@ def test_mine_job_writes_records_dev_slice_and_skips_when_unchanged(tmp_path, ca
     mine.main(load_config("smoke", [f"run.root={tmp_path}", "mining.num_negatives=2"]))
     assert "inputs unchanged" not in capsys.readouterr().out
     assert storage.read_json(str(done))["input_hash"] != key
+
+
+def test_shipped_positives_and_negatives_are_capped_to_a_seeded_sample_in_order():
+    rows = [
+        {
+            "id": f"q{i}",
+            "query": f"question {i}",
+            "positives": [f"answer {i}.{k}" for k in range(n_pos)],
+            "negatives": [f"wrong {i}.{k}" for k in range(n_neg)],
+            "positive_ids": [f"d{i}.{k}" for k in range(n_pos)],
+            "source": "trecqa",
+        }
+        for i, (n_pos, n_neg) in enumerate([(40, 3), (2, 45), (1, 1)])
+    ]
+    table = pa.Table.from_pylist(rows, schema=IR_SCHEMA)
+    capped, cut = cap_given(table, max_positives=5, max_negatives=2, seed=SEED)
+    assert cut == {"positives": 1, "negatives": 2} and capped.schema == IR_SCHEMA
+    out = capped.to_pylist()
+    assert [len(r["positives"]) for r in out] == [5, 2, 1]
+    assert [len(r["negatives"]) for r in out] == [2, 2, 1]
+    assert out[2] == rows[2]  # under both caps: unchanged
+    for before, after in zip(rows, out):
+        for column in ("positives", "negatives"):
+            kept = [before[column].index(text) for text in after[column]]
+            assert kept == sorted(kept)  # a subset, in the record's own order
+        ids = [before["positive_ids"][before["positives"].index(t)] for t in after["positives"]]
+        assert after["positive_ids"] == ids  # ids follow their positives
+    again, _ = cap_given(table.slice(1), max_positives=5, max_negatives=2, seed=SEED)
+    assert again.to_pylist() == out[1:]  # seeded per record id, not by position
+    other, _ = cap_given(table, max_positives=5, max_negatives=2, seed=SEED + 1)
+    assert other.to_pylist()[0]["positives"] != out[0]["positives"]
+    unlimited, cut = cap_given(table, max_positives=None, max_negatives=45, seed=SEED)
+    assert unlimited.to_pylist() == rows and cut == {"positives": 0, "negatives": 0}

@@ -3,7 +3,8 @@ checkpoints, passages cut shorter in training only, test benchmarks for the base
 model alone) run through the real main job on the smoke data and model.
 
 The overrides are read from ``configs/demo.yaml`` itself, so this test follows the preset; only the
-step-count and length settings that a 26-step smoke run cannot take as they are get smoke values."""
+step-count and length settings that a 26-step smoke run cannot take as they are get smoke values, and
+its data sources and benchmarks are cut to a smoke-sized slice of rows each."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ SMOKE_SIZED = {
     "train.max_length_passage": 32,  # training-only passage length, below the smoke model's 64
 }
 
+SMOKE_ROWS = 96  # records per training source, pairs / queries per benchmark (each keeps its skip)
+SLICED = ("data.sources", "eval.benchmarks")
+
+
+def _smoke_slice(entries: list[dict]) -> list[dict]:
+    return [
+        {**entry, "limit": min(entry.get("limit") or SMOKE_ROWS, SMOKE_ROWS)} for entry in entries
+    ]
+
 
 def demo_overrides() -> list[str]:
     """Every key ``configs/demo.yaml`` sets over its base, as ``a.b=value`` overrides."""
@@ -30,6 +40,7 @@ def demo_overrides() -> list[str]:
         for key, value in values.items()
     }
     flat.update(SMOKE_SIZED)
+    flat.update({key: _smoke_slice(flat[key]) for key in SLICED if key in flat})
     return [f"{key}={json.dumps(value)}" for key, value in flat.items()]
 
 

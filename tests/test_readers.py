@@ -64,15 +64,26 @@ def test_scifact_queries_with_qrels_positives(data_root, split, queries, positiv
     )  # "title text"
 
 
-def test_trecqa_one_record_per_question(data_root):
+def test_trecqa_one_record_per_answered_question(data_root):
     result = read_source(
         _source(task="ir", format="trecqa", path="trecqa-wang/train.csv"), str(data_root)
     )
-    assert (result.read, result.kept) == (93, 83)
-    assert {q.reason for q in result.quarantined} == {"no_positive"}  # 10 questions, no answer
+    assert (result.read, result.kept, result.quarantined) == (83, 83, [])
+    assert result.skipped == {"questions_without_answer": 10}  # counted, not bad input
     assert _total(result.table, "positives") == 348  # every positive of the file
-    assert _total(result.table, "negatives") == 4370 - 93  # less the quarantined questions'
-    assert result.quarantined[0].location.endswith("trecqa-wang/train.csv:698")
+    assert _total(result.table, "negatives") == 4370 - 93  # less the unanswered questions' rows
+
+
+def test_skip_and_limit_split_a_file_into_disjoint_slices(data_root):
+    path, root = "trecqa-wang/train.csv", str(data_root)
+    whole = read_source(_source(task="ir", format="trecqa", path=path), root).table
+    head = read_source(_source(task="ir", format="trecqa", path=path, limit=57), root).table
+    tail = read_source(_source(task="ir", format="trecqa", path=path, skip=57), root).table
+    middle = read_source(_source(task="ir", format="trecqa", path=path, skip=50, limit=5), root)
+    queries = whole.column("query").to_pylist()
+    assert head.column("query").to_pylist() == queries[:57]
+    assert tail.column("query").to_pylist() == queries[57:]
+    assert middle.table.column("query").to_pylist() == queries[50:55]
 
 
 def test_snli_dev_triplets(data_root):
