@@ -46,7 +46,6 @@ CASES = [
     ("stsb_duplicate", "sts", "stsb", "sts.csv", _lines("g\tf\t2012\t0001\t4.0\tA\tB", "g\tf\t2012\t0001\t3.0\tC\tD"), 2, 1, 2, "duplicate_id"),
     ("csv_open_quote", "sts", "stsb_csv", "p.csv", _lines("A,B,1.0", '"A, B,1.0'), 2, 1, 2, "malformed_line"),
     ("csv_columns", "sts", "stsb_csv", "p.csv", _lines("A,B", "A,B,1.0"), 2, 1, 1, "malformed_line"),
-    ("trecqa_no_positive", "ir", "trecqa", "t.csv", _lines("qtext,label,atext", "Q1,1,yes", "Q2,0,no", "Q1,0,n"), 2, 1, 3, "no_positive"),
     ("trecqa_label", "ir", "trecqa", "t.csv", _lines("qtext,label,atext", "Q1,1,yes", "Q1,2,maybe"), 2, 1, 3, "wrong_type"),
 ]  # fmt: skip
 
