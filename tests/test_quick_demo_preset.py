@@ -21,7 +21,6 @@ SMOKE_SIZED = {
 }
 
 SMOKE_ROWS = 96  # records per training source, pairs / queries per benchmark (each keeps its skip)
-SLICED = ("data.sources", "eval.benchmarks")
 
 
 def _smoke_slice(entries: list[dict]) -> list[dict]:
@@ -31,7 +30,8 @@ def _smoke_slice(entries: list[dict]) -> list[dict]:
 
 
 def demo_overrides() -> list[str]:
-    """Every key ``configs/demo.yaml`` sets over its base, as ``a.b=value`` overrides."""
+    """Every key ``configs/demo.yaml`` sets over its base, and the demo's data sources and
+    benchmarks (its own or inherited), as ``a.b=value`` overrides."""
     preset = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
     preset.pop("base")
     flat = {
@@ -40,7 +40,14 @@ def demo_overrides() -> list[str]:
         for key, value in values.items()
     }
     flat.update(SMOKE_SIZED)
-    flat.update({key: _smoke_slice(flat[key]) for key in SLICED if key in flat})
+    demo = load_config("demo")
+    lists = {"data.sources": demo.data.sources, "eval.benchmarks": demo.eval.benchmarks}
+    flat.update(
+        {
+            key: _smoke_slice([e.model_dump(mode="json", exclude_defaults=True) for e in v])
+            for key, v in lists.items()
+        }
+    )
     return [f"{key}={json.dumps(value)}" for key, value in flat.items()]
 
 

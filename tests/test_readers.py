@@ -77,13 +77,16 @@ def test_trecqa_one_record_per_answered_question(data_root):
 def test_skip_and_limit_split_a_file_into_disjoint_slices(data_root):
     path, root = "trecqa-wang/train.csv", str(data_root)
     whole = read_source(_source(task="ir", format="trecqa", path=path), root).table
-    head = read_source(_source(task="ir", format="trecqa", path=path, limit=57), root).table
-    tail = read_source(_source(task="ir", format="trecqa", path=path, skip=57), root).table
+    head = read_source(_source(task="ir", format="trecqa", path=path, limit=57), root)
+    tail = read_source(_source(task="ir", format="trecqa", path=path, skip=57), root)
     middle = read_source(_source(task="ir", format="trecqa", path=path, skip=50, limit=5), root)
     queries = whole.column("query").to_pylist()
-    assert head.column("query").to_pylist() == queries[:57]
-    assert tail.column("query").to_pylist() == queries[57:]
+    assert head.table.column("query").to_pylist() == queries[:57]
+    assert tail.table.column("query").to_pylist() == queries[57:]
     assert middle.table.column("query").to_pylist() == queries[50:55]
+    # each slice counts the unanswered questions read with it; together, the file's 10
+    unanswered = [s.skipped.get("questions_without_answer", 0) for s in (head, tail)]
+    assert all(unanswered) and sum(unanswered) == 10
 
 
 def test_snli_dev_triplets(data_root):

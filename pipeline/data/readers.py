@@ -35,7 +35,7 @@ import csv
 import itertools
 import json
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -508,14 +508,16 @@ def read_source(source: SourceConfig, data_root: str) -> ReadResult:
     """Read one source into its task's schema; bad records quarantined, never dropped silently.
 
     ``skip`` drops the first N items, then ``limit`` keeps the next N (records and bad input lines
-    alike), so two sources can split one file: ``limit: N`` and ``skip: N``.
+    alike), so two sources can split one file: ``limit: N`` and ``skip: N``. ``skipped`` counts what
+    the reader left out by design while reading the slice (the two slices' counts add up to the file's).
     """
     score_range = check_source(source)
     input_files = source_files(source, data_root)
     skipped: Counter = Counter()
     reader = READERS[source.format](source, source_path(source, data_root), skipped)
-    kept_rows = row_slice(source.skip, source.limit)
-    items = itertools.islice(reader, kept_rows.start, kept_rows.stop)
+    deque(itertools.islice(reader, source.skip), maxlen=0)  # the rows before the slice
+    before_slice = Counter(skipped)
+    items = itertools.islice(reader, source.limit)
     kept: list[dict[str, Any]] = []
     bad: list[QuarantinedRecord] = []
     seen: dict[str, str] = {}  # record id -> file:line where it was first kept
@@ -541,5 +543,5 @@ def read_source(source: SourceConfig, data_root: str) -> ReadResult:
         read=len(kept) + len(bad),
         kept=len(kept),
         input_files=input_files,
-        skipped=dict(skipped),
+        skipped=dict(skipped - before_slice),
     )
