@@ -56,12 +56,13 @@ def pad(
     """Pad token-id lists to the longest one: ``input_ids`` plus each mask in ``masks`` (padded with 0)."""
     longest = max((len(s) for s in sequences), default=0)
     n = len(sequences)
-    out = {"input_ids": torch.full((n, longest), pad_id, dtype=torch.long)}
+    # filled in numpy (Arrow hands read-only arrays, which torch will not wrap), converted once
+    out = {"input_ids": np.full((n, longest), pad_id, dtype=np.int64)}
     for name in masks or {}:
-        out[name] = torch.zeros((n, longest), dtype=torch.long)
+        out[name] = np.zeros((n, longest), dtype=np.int64)
     for i, ids in enumerate(sequences):
         span = slice(longest - len(ids), longest) if side == "left" else slice(0, len(ids))
-        out["input_ids"][i, span] = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        out["input_ids"][i, span] = ids
         for name, values in (masks or {}).items():
-            out[name][i, span] = torch.as_tensor(np.asarray(values[i], dtype=np.int64))
-    return out
+            out[name][i, span] = values[i]
+    return {name: torch.from_numpy(array) for name, array in out.items()}
