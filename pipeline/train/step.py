@@ -40,11 +40,12 @@ class LossSettings:
 # DistributedDataParallel options for the training model. Each worker embeds only its real passages,
 # in length buckets, so with IR sources whose records have different numbers of positives or
 # negatives (SNLI, TREC-QA beside SciFact) the workers make different numbers of forward calls in a
-# step. DDP's default broadcasts the module buffers at every forward call, a collective the workers
+# step. DDP's default syncs the module buffers at every forward call, a collective the workers
 # would then call different numbers of times: they hang. The encoder's buffers (position and token
-# type ids) never change, so nothing needs broadcasting; gradients are still all-reduced once per
-# backward, whatever the number of forward calls.
-DDP_OPTIONS = {"broadcast_buffers": False}
+# type ids) never change, so they are synced once, when DDP wraps the model, and never per forward
+# (`forward_sync_buffers`, torch >= 2.13; `broadcast_buffers=False` is its deprecated spelling);
+# gradients are still all-reduced once per backward, whatever the number of forward calls.
+DDP_OPTIONS = {"forward_sync_buffers": False}
 
 
 def _autocast(device: torch.device, bf16: bool):
