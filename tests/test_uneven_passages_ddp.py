@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.data.batches import collate_ir
 from pipeline.model.encoder import Encoder
-from pipeline.train.step import DDP_OPTIONS, LossSettings, ir_forward
+from pipeline.train.step import DDP_OPTIONS, LossSettings, ddp_options, ir_forward
 
 WORLD, LOCAL, BUCKET_ROWS = 2, 4, 2
 
@@ -106,3 +106,20 @@ def test_uneven_workers_match_one_process(gradients):
     for rank in ranks:
         for name, want in single.items():
             assert ((rank[name] - want).norm() / scale).item() < 1e-5, name
+
+
+def test_ddp_options_follow_the_installed_torch():
+    """torch >= 2.13 spells "no per-forward buffer sync" forward_sync_buffers (broadcast_buffers is
+    deprecated there); older torch, which pyproject's range allows, only knows broadcast_buffers."""
+
+    class OlderDDP:
+        def __init__(self, module, broadcast_buffers=True):
+            pass
+
+    class NewerDDP:
+        def __init__(self, module, broadcast_buffers=None, forward_sync_buffers=None):
+            pass
+
+    assert ddp_options(OlderDDP) == {"broadcast_buffers": False}
+    assert ddp_options(NewerDDP) == {"forward_sync_buffers": False}
+    assert ddp_options(DistributedDataParallel) == DDP_OPTIONS

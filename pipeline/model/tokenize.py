@@ -56,7 +56,7 @@ def pad(
     """Pad token-id lists to the longest one: ``input_ids`` plus each mask in ``masks`` (padded with 0)."""
     longest = max((len(s) for s in sequences), default=0)
     n = len(sequences)
-    # filled in numpy (Arrow hands read-only arrays, which torch will not wrap), converted once
+    # filled in numpy and wrapped once: torch warns when it wraps the read-only arrays Arrow hands out
     out = {"input_ids": np.full((n, longest), pad_id, dtype=np.int64)}
     for name in masks or {}:
         out[name] = np.zeros((n, longest), dtype=np.int64)

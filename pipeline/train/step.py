@@ -5,6 +5,7 @@ step. Runs inside a Ray Train worker (DDP model, gathered IR negatives) or alone
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from dataclasses import asdict, dataclass
 
@@ -42,10 +43,17 @@ class LossSettings:
 # negatives (SNLI, TREC-QA beside SciFact) the workers make different numbers of forward calls in a
 # step. DDP's default syncs the module buffers at every forward call, a collective the workers
 # would then call different numbers of times: they hang. The encoder's buffers (position and token
-# type ids) never change, so they are synced once, when DDP wraps the model, and never per forward
-# (`forward_sync_buffers`, torch >= 2.13; `broadcast_buffers=False` is its deprecated spelling);
+# type ids) never change, so they are synced once, when DDP wraps the model, and never per forward;
 # gradients are still all-reduced once per backward, whatever the number of forward calls.
-DDP_OPTIONS = {"forward_sync_buffers": False}
+def ddp_options(ddp_class: type = torch.nn.parallel.DistributedDataParallel) -> dict[str, bool]:
+    """No per-forward buffer sync, in the installed torch's spelling: ``forward_sync_buffers``
+    (torch >= 2.13, where ``broadcast_buffers`` is deprecated) or ``broadcast_buffers`` (older)."""
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+DDP_OPTIONS = ddp_options()
 
 
 def _autocast(device: torch.device, bf16: bool):
