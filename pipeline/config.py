@@ -190,6 +190,10 @@ class SamplerConfig(_Section):
     alpha: float = Field(
         0.5, ge=0.0
     )  # mode "temperature": source sampled proportional to size**alpha
+    # every global batch from one source of its task (the authors' sampler: each data file a
+    # sub-dataset, so a query's in-batch negatives come from its own corpus); false mixes a task's
+    # sources in every batch
+    one_source_per_batch: bool = False
 
 
 class LossConfig(_Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data.schedule import MIXED, MODES, TaskSchedule, schedule_for_run
+from pipeline.data.schedule import MIXED, MODES, TaskSchedule, schedule_for_run, task_batches
 
 BATCHES = {"ir": 15, "sts": 18}
 
@@ -97,3 +97,52 @@ def test_bad_settings_fail_with_a_message():
         TaskSchedule({"qa": 3})
     with pytest.raises(ValueError, match="needs both tasks"):
         TaskSchedule({"ir": 3}, mode=MIXED)
+
+
+SOURCES = {"ir": {"ir:scifact": 9, "ir:snli": 5, "ir:trecqa": 1}}  # sums to BATCHES["ir"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_source_per_batch_uses_each_sources_batches_once(mode):
+    schedule = TaskSchedule(BATCHES, mode=mode, seed=5, ir_ratio=0.25, source_batches=SOURCES)
+    assert list(schedule) == list(TaskSchedule(BATCHES, mode=mode, seed=5, ir_ratio=0.25))
+    assert schedule.streams() == ("ir:scifact", "ir:snli", "ir:trecqa", "sts")
+    order = schedule.sources("ir")
+    assert sorted(order) == sorted(k for k, n in SOURCES["ir"].items() for _ in range(n))
+    assert order != tuple(sorted(order))  # permuted, not source by source
+    assert order != schedule.for_epoch(1).sources("ir")  # and again every epoch
+    assert order == TaskSchedule(BATCHES, seed=5, source_batches=SOURCES).sources("ir")
+    assert schedule.sources("sts") == ("sts",) * BATCHES["sts"]
+
+
+def test_streams_consumed_before_counts_each_sources_batches():
+    base = TaskSchedule(BATCHES, seed=11, source_batches=SOURCES)
+    epoch = base.for_epoch(1)
+    for k in (0, 4, len(base) + 7, len(base) + len(epoch)):
+        done = epoch.consumed_before(k)
+        used = epoch.streams_consumed_before(k)
+        irs = epoch.sources("ir")[: done["ir"]]
+        assert used == {
+            "ir:scifact": irs.count("ir:scifact"),
+            "ir:snli": irs.count("ir:snli"),
+            "ir:trecqa": irs.count("ir:trecqa"),
+            "sts": done["sts"],
+        }
+    assert sum(epoch.streams_consumed_before(len(base) + len(epoch)).values()) == 33
+
+
+def test_source_batches_must_add_up_to_the_tasks_batches():
+    with pytest.raises(ValueError, match=r"must sum to num_batches of that task \(15\)"):
+        TaskSchedule(BATCHES, source_batches={"ir": {"ir:scifact": 9}})
+    with pytest.raises(ValueError, match="must start with sts:"):
+        TaskSchedule(BATCHES, source_batches={"sts": {"ir:stsb": 18}})
+    only_ir = schedule_for_run("ir_only", "proportional", BATCHES, seed=1, source_batches=SOURCES)
+    assert only_ir.streams() == ("ir:scifact", "ir:snli", "ir:trecqa")
+    sts_only = schedule_for_run("sts_only", "proportional", BATCHES, seed=1, source_batches=SOURCES)
+    assert sts_only.streams() == ("sts",)
+
+
+def test_task_batches_sums_a_tasks_source_streams():
+    streams = {"ir:scifact": 9, "ir:snli": 5, "ir:trecqa": 1, "sts": 18}
+    assert task_batches(streams) == (BATCHES, SOURCES)
+    assert task_batches(BATCHES) == (BATCHES, {})

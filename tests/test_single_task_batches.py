@@ -23,7 +23,7 @@ from pipeline.data.batches import (
     padded_tokens,
     per_worker_batches,
 )
-from pipeline.data.prepare import prepare_sources, prepared_shards
+from pipeline.data.prepare import prepare_sources, prepared_shards, prepared_sources
 from pipeline.data.ray_datasets import (
     build_task_datasets,
     count_batches,
@@ -163,6 +163,41 @@ def test_iterator_walks_the_schedule_and_resumes_without_ray():
     assert _walk_epochs(shards, base, start_step=k) == full[k:]
 
 
+def _source_shards() -> tuple[dict[str, _TableShard], dict[str, dict[str, int]]]:
+    """Two IR sources (6 and 4 records) and one STS source as streams; 2-row micro-batches."""
+    ir = {
+        name: [
+            {"id": f"{name}{i}", "query": f"q {i}", "positives": ["p"], "negatives": ["n"]}
+            | {"positive_ids": [], "source": name}
+            for i in range(n)
+        ]
+        for name, n in (("a", 6), ("b", 4))
+    }
+    shards = {f"ir:{name}": _TableShard(_tokenized("ir", rows)) for name, rows in ir.items()}
+    return shards | {"sts": _fake_shards()["sts"]}, {"ir": {"ir:a": 3, "ir:b": 2}}
+
+
+def test_one_source_per_batch_reads_each_batch_from_its_scheduled_source():
+    shards, sources = _source_shards()
+    base = TaskSchedule({"ir": 5, "sts": 5}, seed=SEED, source_batches=sources)
+    full = _walk_epochs(shards, base)
+    for e in range(2):
+        schedule = base.for_epoch(e)
+        ir_ids = [ids for step, task, ids in full if task == "ir" and base.locate(step)[0] == e]
+        # every micro-batch from one source, in the schedule's order of sources
+        assert [{i[0] for i in ids} for ids in ir_ids] == [
+            {key[-1]} for key in schedule.sources("ir")
+        ]
+        seen = [i for ids in ir_ids for i in ids]
+        assert len(seen) == len(set(seen)) == 10  # every record of both sources once
+    k = len(base) + 4
+    assert _walk_epochs(shards, base, start_step=k) == full[k:]
+    with pytest.raises(ValueError, match=r"stream\(s\) \['ir:b'\]"):
+        SingleTaskBatches(
+            {"ir:a": shards["ir:a"]}, TaskSchedule({"ir": 5}, source_batches=sources), {"ir": 2}, 0
+        )
+
+
 def test_mixed_steps_hold_one_micro_batch_of_each_task():
     schedule = schedule_for_run("mixed", "proportional", {"ir": 3, "sts": 5}, seed=SEED)
     steps = list(SingleTaskBatches(_fake_shards(), schedule, {"ir": 2, "sts": 2}, pad_id=0))
@@ -185,6 +220,13 @@ def test_per_worker_batches_must_split_evenly():
 # ------------------------------------------------------------------ the 2-worker Ray Train run
 
 
+def _source_index(batch: dict) -> int:
+    """Position of the micro-batch's source in ``SOURCES``; -1 when its records mix sources."""
+    names = {s.name for s in SOURCES}
+    (source, *others) = set(batch["sources"])
+    return -1 if others else sorted(names).index(source)
+
+
 def _walk(config: dict) -> None:
     """The per-worker loop: walk every run's schedule, all-gather the task id at every step."""
     import ray.train
@@ -192,17 +234,27 @@ def _walk(config: dict) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    shards = {task: ray.train.get_dataset_shard(task) for task in config["num_batches"]}
+    streams = config["streams"]
+    shards = {key: ray.train.get_dataset_shard(key) for key in streams}
     per_worker = per_worker_batches(config["global_batch"], world)
     log = {}
     for run in config["runs"]:
-        base = TaskSchedule(config["num_batches"], mode=run["mode"], seed=SEED, ir_ratio=0.25)
+        by_source = config["source_batches"] if run.get("by_source") else {}
+        num_batches = config["num_batches"] | {t: sum(b.values()) for t, b in by_source.items()}
+        base = TaskSchedule(
+            num_batches,
+            mode=run["mode"],
+            seed=SEED,
+            ir_ratio=0.25,
+            source_batches=by_source,
+        )
         steps = []
         for epoch in range(EPOCHS):
             schedule = base.for_epoch(epoch)
             batches = SingleTaskBatches(shards, schedule, per_worker, 0, start_step=run["start"])
             for step, task, batch in batches:
-                mine = torch.tensor([TASK_ORDER.index(task)])
+                # the task, and which source each of the micro-batch's records comes from
+                mine = torch.tensor([TASK_ORDER.index(task), _source_index(batch)])
                 everyone = [torch.zeros_like(mine) for _ in range(world)]
                 dist.all_gather(everyone, mine)
                 size = len(batch["ids"])
@@ -219,7 +271,8 @@ def _walk(config: dict) -> None:
                         "step": step,
                         "epoch": epoch,
                         "task": task,
-                        "gathered": [TASK_ORDER[int(t)] for t in everyone],
+                        "gathered": [TASK_ORDER[int(t[0])] for t in everyone],
+                        "sources": [int(t[1]) for t in everyone],
                         "records": [f"{s}/{i}" for s, i in zip(batch["sources"], batch["ids"])],
                     }
                 )
@@ -228,12 +281,23 @@ def _walk(config: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, data_root) -> dict[str, list[str]]:
+def prepared(tmp_path_factory, data_root) -> str:
     out = str(tmp_path_factory.mktemp("prepared"))
     prepare_sources(
         SOURCES, str(data_root), out, max_bad_fraction=0.1
     )  # 1 TREC-QA question lacks a positive
-    return prepared_shards(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(prepared) -> dict[str, list[str]]:
+    return prepared_shards(prepared)
+
+
+@pytest.fixture(scope="module")
+def source_streams(prepared) -> dict[str, list[str]]:
+    """The IR sources as streams of their own (``sampler.one_source_per_batch``)."""
+    return {f"ir:{name}": [path] for name, path in prepared_sources(prepared)["ir"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +306,7 @@ def counts(shards):
 
 
 @pytest.fixture(scope="module")
-def walk(ray_session, shards, counts, tmp_path_factory) -> dict[str, list[list[dict]]]:
+def walk(ray_session, shards, source_streams, counts, tmp_path_factory) -> dict:
     """Run the 2-worker trainer once; returns ``{run name: [steps of rank 0, steps of rank 1]}``."""
     from ray import cloudpickle
     from ray.train import RunConfig, ScalingConfig
@@ -250,21 +314,28 @@ def walk(ray_session, shards, counts, tmp_path_factory) -> dict[str, list[list[d
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 
+    source_batches = {k: c.batches for k, c in count_batches(source_streams, GLOBAL_BATCH).items()}
     num_batches = {task: c.batches for task, c in counts.items()}
     ratio = TaskSchedule(num_batches, mode="ratio", seed=SEED, ir_ratio=0.25)
     out = tmp_path_factory.mktemp("walk")
+    streams = {"ir": shards["ir"], "sts": shards["sts"]} | source_streams
     config = {
         "num_batches": num_batches,
+        "source_batches": {"ir": source_batches},
+        "streams": list(streams),
         "global_batch": GLOBAL_BATCH,
         "out": str(out),
         "runs": [
             {"name": "proportional", "mode": "proportional", "start": 0},
             {"name": "ratio", "mode": "ratio", "start": 0},
             {"name": "ratio_resumed", "mode": "ratio", "start": len(ratio) + 7},
+            {"name": "by_source", "mode": "proportional", "start": 0, "by_source": True},
+            {"name": "by_source_resumed", "mode": "proportional", "by_source": True}
+            | {"start": sum(source_batches.values()) + counts["sts"].batches + 5},  # in epoch 1
         ],
     }
     datasets = build_task_datasets(
-        shards, tokenizer_path=packaged_model_path(), text=TEXT, seed=SEED
+        streams, tokenizer_path=packaged_model_path(), text=TEXT, seed=SEED
     )
     TorchTrainer(
         _walk,
@@ -324,10 +395,34 @@ def test_ratio_mode_gives_a_quarter_of_ir_steps(walk, counts):
 
 
 def test_restart_from_step_k_continues_identically(walk):
-    for uninterrupted, resumed in zip(walk["ratio"], walk["ratio_resumed"]):
-        k = resumed[0]["step"]
-        assert k > len([s for s in uninterrupted if s["epoch"] == 0])  # mid-epoch, batches skipped
-        assert resumed == [s for s in uninterrupted if s["step"] >= k]
+    for name in ("ratio", "by_source"):
+        for uninterrupted, resumed in zip(walk[name], walk[f"{name}_resumed"]):
+            k = resumed[0]["step"]
+            assert k > len([s for s in uninterrupted if s["epoch"] == 0])  # batches skipped
+            assert resumed == [s for s in uninterrupted if s["step"] >= k]
+
+
+def test_one_source_per_batch_on_every_worker(walk, source_streams):
+    """``sampler.one_source_per_batch``: at every IR step both workers read the same source, the
+    one the schedule names, and each source's kept records are seen once per epoch."""
+    names = sorted(s.name for s in SOURCES)
+    counts = count_batches(source_streams, GLOBAL_BATCH)
+    num_batches = {"ir": sum(c.batches for c in counts.values()), "sts": 1}
+    sources = {"ir": {key: c.batches for key, c in counts.items()}}
+    rank0, rank1 = walk["by_source"]
+    for epoch in range(EPOCHS):
+        schedule = TaskSchedule(num_batches, seed=SEED, epoch=epoch, source_batches=sources)
+        ir0 = [s for s in rank0 if s["epoch"] == epoch and s["task"] == "ir"]
+        ir1 = [s for s in rank1 if s["epoch"] == epoch and s["task"] == "ir"]
+        expected = [names.index(key.split(":")[1]) for key in schedule.sources("ir")]
+        assert [s["sources"] for s in ir0] == [s["sources"] for s in ir1]
+        assert [s["sources"] for s in ir0] == [[i, i] for i in expected]
+        for key, c in counts.items():
+            source = key.split(":")[1]
+            seen = Counter(r for s in ir0 + ir1 for r in s["records"] if r.startswith(source))
+            assert max(seen.values()) == 1 and len(seen) == c.batches * c.global_batch, key
+    mixed = [s["sources"][0] for s in walk["proportional"][0] if s["task"] == "ir"]
+    assert -1 in mixed  # without the option a task's sources share micro-batches
 
 
 def test_iterator_caps_ir_micro_batches_at_max_tokens():

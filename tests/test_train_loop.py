@@ -108,3 +108,26 @@ def test_encoder_and_decoder_models_train_through_the_ray_loop(smoke_root, model
     assert any(moved), "no parameter changed"
     texts = ["a cat sits on the mat", "retrieval of scientific claims"]
     assert trained.encode(texts, max_length=16).shape == (2, trained.dim)
+
+
+def test_one_source_per_batch_trains_each_ir_step_on_one_source(tmp_path_factory, ray_session):
+    """``sampler.one_source_per_batch`` through the driver and the Ray loop: with SciFact and SNLI
+    as IR sources every IR step's micro-batch comes from one of them, and both are trained on."""
+    root = tmp_path_factory.mktemp("by-source")
+    sources = (
+        "data.sources=[{name: stsb, task: sts, format: stsb, path: stsbenchmark/sts-train.csv, "
+        "limit: 64}, {name: scifact, task: ir, format: beir, path: scifact-beir, split: train, "
+        "limit: 40}, {name: snli, task: ir, format: snli, path: snli-devtest-senteval, "
+        "split: dev, limit: 16}]"
+    )
+    cfg = load_config(
+        "smoke",
+        [f"run.root={root}", "run.name=by-source", sources, "sampler.one_source_per_batch=true"],
+    )
+    prepare.main(cfg)
+    mine.main(cfg)
+    outcome = train_mode(cfg, "ir_only")
+    log = _metrics(outcome.metrics_path)
+    # (40 - 16 dev queries) / 8 = 3 SciFact batches and 16 / 8 = 2 SNLI batches: 5 steps
+    assert outcome.steps == len(log) == 5
+    assert sorted(r["ir_sources"] for r in log) == ["scifact"] * 3 + ["snli"] * 2

@@ -1,9 +1,10 @@
 """Single-task micro-batches for one training worker: walk the epoch's :class:`TaskSchedule` and pull
 the next micro-batch from that task's shard, padded to the longest sequence in the micro-batch.
 
-Every worker walks the same schedule, so at every step all workers are on the same task, and each
-holds ``per_worker_batch[task]`` = 1/world of that step's global batch (its shard of the task's
-dataset, from ``ray.train.get_dataset_shard(task)``; Ray Train splits every dataset with
+Every worker walks the same schedule, so at every step all workers are on the same task (and, when
+the schedule draws a task's batches one source at a time, the same source), and each holds
+``per_worker_batch[task]`` = 1/world of that step's global batch (its shard of the stream's dataset,
+from ``ray.train.get_dataset_shard(stream)``; Ray Train splits every dataset with
 ``streaming_split(world, equal=True)``).
 
 Order and reproducibility. Each shard is read once per epoch in full micro-batches (``drop_last``),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -26,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.data.schedule import MIXED, TASK_ORDER, TaskSchedule
+from pipeline.data.schedule import MIXED, TASK_ORDER, TaskSchedule, stream_task
 from pipeline.model.tokenize import pad
 
 Batch = dict[str, Any]
@@ -163,9 +165,13 @@ def cap_ir_tokens(batch: Batch, max_tokens: int, where: str = "") -> Batch:
     }
 
 
-def shuffle_seed(seed: int, epoch: int, task: str) -> int:
-    """Seed of a task's local shuffle in one epoch (same on every worker, distinct per epoch)."""
-    return int(np.random.SeedSequence([seed, epoch, TASK_ORDER.index(task)]).generate_state(1)[0])
+def shuffle_seed(seed: int, epoch: int, stream: str) -> int:
+    """Seed of a stream's local shuffle in one epoch (same on every worker, distinct per epoch and
+    per stream; a whole task's stream ``"ir"`` keeps the seed it had before streams existed)."""
+    entropy = [seed, epoch, TASK_ORDER.index(stream_task(stream))]
+    if stream != stream_task(stream):
+        entropy.append(zlib.crc32(stream.encode()))
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def timed(items: Iterable) -> Iterator[tuple[float, Any]]:
@@ -183,9 +189,11 @@ def timed(items: Iterable) -> Iterator[tuple[float, Any]]:
 
 class SingleTaskBatches:
     """Iterate one epoch as ``(global_step, task, batch)``; ``task == "mixed"`` steps (schedule mode
-    ``mixed``) give ``batch = {"ir": ..., "sts": ...}``. Steps before ``start_step`` are skipped
-    (an epoch that ends before it yields nothing and reads no data). With ``max_tokens``, IR
-    micro-batches over that many padded tokens get shorter passages (:func:`cap_ir_tokens`)."""
+    ``mixed``) give ``batch = {"ir": ..., "sts": ...}``. ``shards`` holds one shard per stream of
+    the schedule (:meth:`TaskSchedule.streams`: a task, or a task's sources). Steps before
+    ``start_step`` are skipped (an epoch that ends before it yields nothing and reads no data). With
+    ``max_tokens``, IR micro-batches over that many padded tokens get shorter passages
+    (:func:`cap_ir_tokens`)."""
 
     def __init__(
         self,
@@ -197,9 +205,10 @@ class SingleTaskBatches:
         shuffle_buffer: int = 10_000,
         max_tokens: int | None = None,
     ) -> None:
-        missing = [t for t in schedule.num_batches if t not in shards or t not in per_worker_batch]
+        missing = [k for k in schedule.streams() if k not in shards]
+        missing += [t for t in schedule.num_batches if t not in per_worker_batch]
         if missing:
-            raise ValueError(f"no shard or per-worker batch size for task(s) {missing}")
+            raise ValueError(f"no shard or per-worker batch size for stream(s) {missing}")
         self.shards = shards
         self.schedule = schedule
         self.per_worker_batch = per_worker_batch
@@ -213,15 +222,19 @@ class SingleTaskBatches:
         return len(self.schedule) - done
 
     def __iter__(self) -> Iterator[tuple[int, str, Batch]]:
-        skip = self.schedule.consumed_before(self.start_step)
+        skip = self.schedule.streams_consumed_before(self.start_step)
+        used = self.schedule.consumed_before(self.start_step)  # batches of each task so far
         streams: dict[str, Generator[pa.Table, None, None]] = {}
         try:
             for step, label in self.schedule.steps_from(self.start_step):
                 tasks = list(self.schedule.num_batches) if label == MIXED else [label]
+                batch = {}
                 for task in tasks:
-                    if task not in streams:
-                        streams[task] = self._open(task, skip[task])
-                batch = {t: COLLATE[t](self._next(streams[t], t, step), self.pad_id) for t in tasks}
+                    key = self.schedule.sources(task)[used[task]]
+                    used[task] += 1
+                    if key not in streams:
+                        streams[key] = self._open(key, skip[key])
+                    batch[task] = COLLATE[task](self._next(streams[key], key, step), self.pad_id)
                 if self.max_tokens and "ir" in batch:
                     batch["ir"] = cap_ir_tokens(batch["ir"], self.max_tokens, f"step {step}: ")
                 yield step, label, batch if label == MIXED else batch[label]
@@ -229,26 +242,26 @@ class SingleTaskBatches:
             for stream in streams.values():
                 stream.close()  # release the reader (and its prefetch) if batches were left unread
 
-    def _open(self, task: str, skip: int) -> Generator[pa.Table, None, None]:
+    def _open(self, key: str, skip: int) -> Generator[pa.Table, None, None]:
         batches = iter(
-            self.shards[task].iter_batches(
-                batch_size=self.per_worker_batch[task],
+            self.shards[key].iter_batches(
+                batch_size=self.per_worker_batch[stream_task(key)],
                 batch_format="pyarrow",
                 drop_last=True,
                 local_shuffle_buffer_size=self.shuffle_buffer or None,
-                local_shuffle_seed=shuffle_seed(self.schedule.seed, self.schedule.epoch, task),
+                local_shuffle_seed=shuffle_seed(self.schedule.seed, self.schedule.epoch, key),
             )
         )
         for _ in range(skip):
-            self._next(batches, task, self.start_step)
+            self._next(batches, key, self.start_step)
         return batches
 
-    def _next(self, stream: Iterator[pa.Table], task: str, step: int) -> pa.Table:
+    def _next(self, stream: Iterator[pa.Table], key: str, step: int) -> pa.Table:
         try:
             return next(stream)
         except StopIteration:
             raise RuntimeError(
-                f"the {task} shard ran out of micro-batches at step {step}: the schedule's "
+                f"the {key} shard ran out of micro-batches at step {step}: the schedule's "
                 f"num_batches must be count_batches(...) with global batch = "
-                f"{self.per_worker_batch[task]} x world size"
+                f"{self.per_worker_batch[stream_task(key)]} x world size"
             ) from None

@@ -26,6 +26,7 @@ __all__ = [
     "BadDataError",
     "prepare_sources",
     "prepared_shards",
+    "prepared_sources",
     "load_manifest",
     "shard_path",
     "source_inputs",
@@ -48,15 +49,21 @@ def load_manifest(out_dir: str) -> dict[str, Any] | None:
     return storage.read_json(path) if storage.exists(path) else None
 
 
-def prepared_shards(out_dir: str) -> dict[str, list[str]]:
-    """Task -> its sources' shard paths, from the manifest (tasks without a source left out)."""
+def prepared_sources(out_dir: str) -> dict[str, dict[str, str]]:
+    """Task -> {source name: shard path}, in the manifest's order (tasks without a source left
+    out)."""
     manifest = load_manifest(out_dir)
     if manifest is None:
         raise FileNotFoundError(f"no {MANIFEST} in {out_dir}: run `python -m jobs.prepare` first")
-    shards: dict[str, list[str]] = {}
+    sources: dict[str, dict[str, str]] = {}
     for name, entry in manifest["sources"].items():
-        shards.setdefault(entry["task"], []).append(shard_path(out_dir, entry["task"], name))
-    return shards
+        sources.setdefault(entry["task"], {})[name] = shard_path(out_dir, entry["task"], name)
+    return sources
+
+
+def prepared_shards(out_dir: str) -> dict[str, list[str]]:
+    """Task -> its sources' shard paths, from the manifest (tasks without a source left out)."""
+    return {task: list(named.values()) for task, named in prepared_sources(out_dir).items()}
 
 
 def _check_sources(sources: Sequence[SourceConfig]) -> None:

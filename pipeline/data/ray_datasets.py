@@ -1,7 +1,9 @@
-"""One Ray Dataset per task from the prepared Parquet shards, tokenised in ``map_batches``.
+"""One Ray Dataset per stream from the prepared Parquet shards, tokenised in ``map_batches``.
 
-Sources of a task are read together (their ``source`` tag kept), shuffled once with a fixed seed
-(so sources and files are mixed before the dataset is split across workers), and tokenised without
+A stream is a task (``"ir"``: its sources read together, their ``source`` tag kept) or, when batches
+are drawn one source at a time, one source of a task (``"ir:scifact"``; see
+:mod:`pipeline.data.schedule`). Each is shuffled once with a fixed seed (so sources and files are
+mixed before the dataset is split across workers), and tokenised without
 padding (padding happens per micro-batch, in :mod:`pipeline.data.batches`). Text columns are dropped
 after tokenisation; the small ``id`` and ``source`` strings stay for bookkeeping, so consume these
 datasets with ``iter_batches`` (as :class:`~pipeline.data.batches.SingleTaskBatches` does), or
@@ -29,6 +31,7 @@ import ray.train
 
 from pipeline import storage
 from pipeline.config import TextSettings
+from pipeline.data.schedule import stream_task
 from pipeline.model.tokenize import tokenize
 from pipeline.storage import filesystem
 
@@ -55,7 +58,7 @@ class TaskBatches:
 
 
 def task_rows(shards: dict[str, list[str]]) -> dict[str, int]:
-    """Rows per task, from the Parquet footers of its shards (local paths or URIs)."""
+    """Rows per stream, from the Parquet footers of its shards (local paths or URIs)."""
     rows = {}
     for task, paths in shards.items():
         total = 0
@@ -69,9 +72,13 @@ def task_rows(shards: dict[str, list[str]]) -> dict[str, int]:
 def count_batches(
     shards: dict[str, list[str]], global_batch: dict[str, int]
 ) -> dict[str, TaskBatches]:
-    """Rows, full global batches and dropped tail per task; the schedule's ``num_batches`` input is
-    ``{task: c.batches for task, c in count_batches(...).items()}``."""
-    return {task: TaskBatches(rows, global_batch[task]) for task, rows in task_rows(shards).items()}
+    """Rows, full global batches and dropped tail per stream (``global_batch`` is per task); the
+    schedule's ``num_batches`` input is ``{task: c.batches for task, c in count_batches(...).items()}``
+    (summed over a task's sources when ``shards`` is keyed by source streams)."""
+    return {
+        key: TaskBatches(rows, global_batch[stream_task(key)])
+        for key, rows in task_rows(shards).items()
+    }
 
 
 @lru_cache(maxsize=4)
@@ -145,8 +152,9 @@ def build_task_datasets(
     seed: int,
     tokenize_batch: int = 256,
 ) -> dict[str, ray.data.Dataset]:
-    """``{task: Dataset}`` over the shards of each task (``prepared_shards(out_dir)``, restricted to
-    the tasks the run trains), lazily read, shuffled once with ``seed`` and tokenised with ``text``'s
+    """``{stream: Dataset}`` over the shards of each stream (a task, or a task's source; see
+    ``pipeline.train.driver.training_shards``), lazily read, shuffled once with ``seed`` and
+    tokenised with ``text``'s
     limits and instructions. Hand the dict to ``TorchTrainer(datasets=...)`` with
     ``dataset_config=ingest_config()``."""
     kwargs = {
@@ -159,14 +167,15 @@ def build_task_datasets(
     }
     functions = {"ir": tokenize_ir, "sts": tokenize_sts}
     datasets = {}
-    for task, paths in shards.items():
+    for key, paths in shards.items():
+        task = stream_task(key)
         if not paths:
             raise ValueError(
                 f"task {task!r} has no prepared shards: add a {task} source to "
                 f"data.sources or train a mode without {task}"
             )
         ds = ray.data.read_parquet(list(paths)).random_shuffle(seed=seed)
-        datasets[task] = ds.map_batches(
+        datasets[key] = ds.map_batches(
             functions[task],
             batch_format="pyarrow",
             batch_size=tokenize_batch,

@@ -21,6 +21,13 @@ Modes (tasks in the order of :data:`TASK_ORDER`):
 The balancing modes (all but ``proportional``) leave the larger task's last batches unused in that
 epoch; records are reshuffled every epoch, so a different tail goes unused each time. With a single
 task (``ir_only`` / ``sts_only`` runs) every mode reduces to all of that task's batches in order.
+
+Streams. By default a task is one stream (its sources mixed in every batch). With ``source_batches``
+(``sampler.one_source_per_batch``, the authors' sampler: every data file a sub-dataset) a task's
+global batches come from one source each: the task's k-th batch of the epoch is read from stream
+``sources(task)[k]``, a seeded permutation of the per-source batch labels (``"ir:scifact"``, ...).
+Together with the task labels above this is, in ``proportional`` mode, one uniform permutation of
+all files' global batches, as in the authors' code.
 """
 
 from __future__ import annotations
@@ -43,8 +50,21 @@ TRAIN_MODE_TASKS = {
 }
 
 
-def _rng(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch]))
+SOURCE_SEP = ":"
+
+
+def _rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, *more]))
+
+
+def stream_key(task: str, source: str) -> str:
+    """The name of one source's stream (dataset) of a task: ``"ir:scifact"``."""
+    return f"{task}{SOURCE_SEP}{source}"
+
+
+def stream_task(key: str) -> str:
+    """The task of a stream: ``"ir:scifact"`` -> ``"ir"``, ``"ir"`` -> ``"ir"``."""
+    return key.split(SOURCE_SEP, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,9 @@ class TaskSchedule:
     epoch: int = 0
     ir_ratio: float = 0.5
     alpha: float = 0.5
+    # {task: {stream key: global batches}}: tasks whose batches come from one source each; the
+    # counts of a task sum to its ``num_batches``
+    source_batches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     tasks: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +94,14 @@ class TaskSchedule:
             raise ValueError(f"num_batches {dict(self.num_batches)}: counts must be >= 0")
         if self.mode == "ratio" and not 0.0 < self.ir_ratio < 1.0:
             raise ValueError(f"ir_ratio={self.ir_ratio}: must lie strictly between 0 and 1")
+        for task, streams in self.source_batches.items():
+            if task not in self.num_batches or sum(streams.values()) != self.num_batches[task]:
+                raise ValueError(
+                    f"source_batches[{task!r}] = {dict(streams)} must sum to num_batches of that "
+                    f"task ({self.num_batches.get(task)})"
+                )
+            if any(stream_task(key) != task for key in streams):
+                raise ValueError(f"source_batches[{task!r}]: stream keys must start with {task}:")
         object.__setattr__(self, "tasks", self._build())
 
     def _build(self) -> tuple[str, ...]:
@@ -115,6 +146,32 @@ class TaskSchedule:
         """Steps per task label in this epoch (``mixed`` steps under the label ``"mixed"``)."""
         return {t: self.tasks.count(t) for t in dict.fromkeys(self.tasks)}
 
+    def streams(self) -> tuple[str, ...]:
+        """Every stream (dataset) the schedule reads: a task's sources, or the task itself."""
+        keys: list[str] = []
+        for task in self.num_batches:
+            keys.extend(self.source_batches.get(task, {task: 0}))
+        return tuple(keys)
+
+    def sources(self, task: str) -> tuple[str, ...]:
+        """The stream of each of ``task``'s global batches in this epoch, in the order they are used:
+        a permutation seeded by (seed, epoch, task) of the per-source batch labels, or the task
+        itself for every batch when its sources are mixed."""
+        return self._sources[task]
+
+    @cached_property
+    def _sources(self) -> dict[str, tuple[str, ...]]:
+        order = {}
+        for task, n in self.num_batches.items():
+            streams = self.source_batches.get(task)
+            if not streams:
+                order[task] = (task,) * n
+                continue
+            labels = [key for key, count in streams.items() for _ in range(count)]
+            rng = _rng(self.seed, self.epoch, 1 + TASK_ORDER.index(task))
+            order[task] = tuple(labels[i] for i in rng.permutation(len(labels)))
+        return order
+
     def for_epoch(self, epoch: int) -> TaskSchedule:
         """The same schedule settings for another epoch."""
         return replace(self, epoch=epoch)
@@ -137,6 +194,14 @@ class TaskSchedule:
             return {t: len(done) for t in self.num_batches}
         return {t: done.count(t) for t in self.num_batches}
 
+    def streams_consumed_before(self, global_step: int) -> dict[str, int]:
+        """Batches each stream (:meth:`streams`) has given in this epoch before ``global_step``."""
+        used = {key: 0 for key in self.streams()}
+        for task, n in self.consumed_before(global_step).items():
+            for key in self.sources(task)[:n]:
+                used[key] += 1
+        return used
+
     def locate(self, global_step: int) -> tuple[int, int]:
         """``(epoch, step_in_epoch)`` of a global step index (epochs counted from 0)."""
         if global_step < 0:
@@ -151,6 +216,22 @@ class TaskSchedule:
         return epoch, rest
 
 
+def task_batches(
+    stream_batches: Mapping[str, int],
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Global batches per stream -> (``num_batches`` per task, ``source_batches`` of the tasks
+    split by source): ``{"ir:a": 3, "ir:b": 2, "sts": 5}`` -> ``({"ir": 5, "sts": 5},
+    {"ir": {"ir:a": 3, "ir:b": 2}})``."""
+    num_batches: dict[str, int] = {}
+    source_batches: dict[str, dict[str, int]] = {}
+    for key, n in stream_batches.items():
+        task = stream_task(key)
+        num_batches[task] = num_batches.get(task, 0) + n
+        if key != task:
+            source_batches.setdefault(task, {})[key] = n
+    return num_batches, source_batches
+
+
 def schedule_for_run(
     train_mode: str,
     sampler_mode: str,
@@ -159,15 +240,19 @@ def schedule_for_run(
     seed: int,
     ir_ratio: float = 0.5,
     alpha: float = 0.5,
+    source_batches: Mapping[str, Mapping[str, int]] | None = None,
 ) -> TaskSchedule:
-    """Epoch 0's schedule of a run: ``train_mode`` picks the tasks of ``num_batches`` to use."""
+    """Epoch 0's schedule of a run: ``train_mode`` picks the tasks of ``num_batches`` (and of
+    ``source_batches``, when batches are drawn one source at a time) to use."""
     tasks = TRAIN_MODE_TASKS[train_mode]
+    by_source = source_batches or {}
     return TaskSchedule(
         {t: num_batches[t] for t in tasks},
         mode=MIXED if train_mode == MIXED else sampler_mode,
         seed=seed,
         ir_ratio=ir_ratio,
         alpha=alpha,
+        source_batches={t: dict(by_source[t]) for t in tasks if t in by_source},
     )
 
 

@@ -21,9 +21,9 @@ from pipeline.config import (
     objective_benchmarks,
 )
 from pipeline.data.mine_sources import mined_shards
-from pipeline.data.prepare import prepared_shards
+from pipeline.data.prepare import prepared_sources
 from pipeline.data.ray_datasets import build_task_datasets, count_batches, ingest_config
-from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run
+from pipeline.data.schedule import TRAIN_MODE_TASKS, schedule_for_run, stream_key, task_batches
 from pipeline.eval.benchmarks import load_ir, load_sts
 from pipeline.train.dev import DevData
 from pipeline.train.loop import CHECKPOINT_RANK, TrainSettings, train_loop_per_worker
@@ -44,15 +44,38 @@ class TrainOutcome:
     steps: int
 
 
-def training_shards(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]:
-    """Shards per task: IR from the mining stage (hard negatives, dev slice removed), STS as prepared."""
+def training_sources(cfg: Config, tasks: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Per task, source name -> shard: IR from the mining stage (hard negatives, dev slice removed,
+    sorted by path), STS as prepared (manifest order)."""
     run_dir = cfg.run.dir
-    shards = {}
+    sources = {}
     if "ir" in tasks:
-        shards["ir"] = sorted(mined_shards(storage.join(run_dir, "mined")).values())
+        mined = mined_shards(storage.join(run_dir, "mined"))
+        sources["ir"] = dict(sorted(mined.items(), key=lambda item: item[1]))
     if "sts" in tasks:
-        shards["sts"] = prepared_shards(storage.join(run_dir, "prepared")).get("sts", [])
-    return shards
+        sources["sts"] = prepared_sources(storage.join(run_dir, "prepared")).get("sts", {})
+    return sources
+
+
+def training_shards(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]:
+    """Shards per task (all its sources)."""
+    return {task: list(named.values()) for task, named in training_sources(cfg, tasks).items()}
+
+
+def training_streams(cfg: Config, tasks: tuple[str, ...]) -> dict[str, list[str]]:
+    """Shards per stream the trainer reads: per task, or with ``sampler.one_source_per_batch`` per
+    source of a task that has several (``"ir:scifact"``). A task with one source (or none: the
+    dataset builder refuses it by name) stays one stream, so its batches are those of a run without
+    the option."""
+    if not cfg.sampler.one_source_per_batch:
+        return training_shards(cfg, tasks)
+    streams = {}
+    for task, named in training_sources(cfg, tasks).items():
+        if len(named) < 2:
+            streams[task] = list(named.values())
+        else:
+            streams |= {stream_key(task, name): [path] for name, path in named.items()}
+    return streams
 
 
 def dev_data(cfg: Config) -> DevData:
@@ -75,9 +98,11 @@ def dev_data(cfg: Config) -> DevData:
 
 
 def train_settings(
-    cfg: Config, mode: str, model_path: str, num_batches: dict[str, int]
+    cfg: Config, mode: str, model_path: str, stream_batches: dict[str, int]
 ) -> TrainSettings:
-    """The worker's settings for ``mode`` from the config (the one place that reads it)."""
+    """The worker's settings for ``mode`` from the config (the one place that reads it);
+    ``stream_batches``: global batches per stream (:func:`training_streams`)."""
+    num_batches, source_batches = task_batches(stream_batches)
     schedule = schedule_for_run(
         mode,
         cfg.sampler.mode,
@@ -85,6 +110,7 @@ def train_settings(
         seed=cfg.run.seed,
         ir_ratio=cfg.sampler.ir_ratio,
         alpha=cfg.sampler.alpha,
+        source_batches=source_batches,
     )
     return TrainSettings(
         mode=mode,
@@ -130,12 +156,12 @@ def build_trainer(
     under the run dir, which every node can read (a path the driver resolved, e.g. the tiny model
     built in its /tmp, exists on the driver's node only)."""
     tasks = TRAIN_MODE_TASKS[mode]
-    shards = training_shards(cfg, tasks)
+    shards = training_streams(cfg, tasks)
     global_batch = {"ir": cfg.train.ir_global_batch, "sts": cfg.train.sts_global_batch}
     counts = count_batches(shards, {t: global_batch[t] for t in tasks})
-    for task, c in counts.items():
+    for stream, c in counts.items():
         print(
-            f"[train:{mode}] {task}: {c.rows} records -> {c.batches} global batches of "
+            f"[train:{mode}] {stream}: {c.rows} records -> {c.batches} global batches of "
             f"{c.global_batch}, {c.dropped} left over per epoch"
         )
     settings = train_settings(cfg, mode, base_model, {t: c.batches for t, c in counts.items()})

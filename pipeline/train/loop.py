@@ -169,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
         )
 
     progress = ProgressLine(s.mode, total, start_step=position.step)
-    shards = {task: ray.train.get_dataset_shard(task) for task in s.schedule.num_batches}
+    shards = {key: ray.train.get_dataset_shard(key) for key in s.schedule.streams()}
     per_worker = per_worker_batches(s.global_batch, world)
     pad_id = encoder.tokenizer.pad_token_id
     step = position.step
@@ -206,6 +206,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(step=step, epoch=epoch, task=task, peak_rss_mb=peak_rss_mb())
             metrics["data_wait_s"] = data_wait_s  # getting the batch, before train_step
             ir_batch = batch.get("ir", batch) if task != "sts" else {}
+            if ir_batch:  # rank 0's IR sources: one name per step with sampler.one_source_per_batch
+                metrics["ir_sources"] = "+".join(sorted(set(ir_batch["sources"])))
             if "passage_tokens_cap" in ir_batch:
                 metrics["passage_tokens_cap"] = ir_batch["passage_tokens_cap"]
             evaluate = step == total or (t.eval_every and step % t.eval_every == 0)
@@ -223,6 +225,9 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
+STEP_LABELS = ("task", "ir_sources")  # what a step trained on: not kept with a checkpoint
+
+
 def _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step) -> None:
     """Report ``metrics`` with a checkpoint: the model and optimizer from rank 0, and every rank's
     RNG state (Ray Train merges the workers' folders into one)."""
@@ -235,7 +240,8 @@ def _report_with_checkpoint(metrics, rank, encoder, optimizer, scheduler, step) 
                 optimizer=optimizer,
                 scheduler=scheduler,
                 position=Position(
-                    step=step, metrics={k: v for k, v in metrics.items() if k != "task"}
+                    step=step,
+                    metrics={k: v for k, v in metrics.items() if k not in STEP_LABELS},
                 ),
             )
         save_rng_state(folder, rank)
