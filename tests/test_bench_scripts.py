@@ -265,6 +265,7 @@ def test_new_bench_scripts_import_without_ray():
         "gpu_step",
         "ingest",
         "scaling",
+        "source_batches",
         "train_throughput",
     ],
 )
@@ -277,3 +278,36 @@ def test_every_bench_script_builds_its_command_line(script, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_source_batches_counts_the_padding_that_mixing_sources_adds():
+    """Two sources of equal-length records: one source per batch pads nothing beyond each source's
+    own length, so its tokens are the sources' own; mixing pads short records to long ones."""
+    import pyarrow as pa
+
+    from bench import source_batches
+    from pipeline.data.ray_datasets import tokenize_ir
+    from pipeline.data.records import IR_SCHEMA
+    from pipeline.model.loading import packaged_model_path
+
+    def source(name: str, passage: str) -> pa.Table:
+        records = [
+            {"id": f"{name}{i}", "query": "q", "positives": [passage], "negatives": [passage]}
+            | {"positive_ids": [], "source": name}
+            for i in range(4)
+        ]
+        table = pa.Table.from_pylist(records, schema=IR_SCHEMA)
+        return tokenize_ir(
+            table, tokenizer_path=packaged_model_path(), max_length_query=8, max_length_passage=32
+        )
+
+    sources = {"short": source("short", "a b"), "long": source("long", "word " * 20)}
+    own = sum(source_batches.epoch_tokens({n: t}, False, 0, 2, 1)[0] for n, t in sources.items())
+    runs = [
+        source_batches.epoch_tokens(sources, by_source, seed, 2, 1)
+        for by_source in (True, False)
+        for seed in range(4)
+    ]
+    assert all(tokens == own and steps == 4 for tokens, steps in runs[:4])
+    assert all(tokens >= own and steps == 4 for tokens, steps in runs[4:])
+    assert max(tokens for tokens, _ in runs[4:]) > own  # some shuffle puts both in one batch
