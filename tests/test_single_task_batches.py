@@ -32,7 +32,14 @@ from pipeline.data.ray_datasets import (
     tokenize_sts,
 )
 from pipeline.data.records import IR_SCHEMA, STS_SCHEMA
-from pipeline.data.schedule import TASK_ORDER, TaskSchedule, schedule_for_run
+from pipeline.data.schedule import (
+    SOURCE_SEP,
+    TASK_ORDER,
+    TaskSchedule,
+    schedule_for_run,
+    stream_key,
+    task_batches,
+)
 from pipeline.model.loading import packaged_model_path
 
 SEED = 49
@@ -173,7 +180,7 @@ def _source_shards() -> tuple[dict[str, _TableShard], dict[str, dict[str, int]]]
         ]
         for name, n in (("a", 6), ("b", 4))
     }
-    shards = {f"ir:{name}": _TableShard(_tokenized("ir", rows)) for name, rows in ir.items()}
+    shards = {stream_key("ir", n): _TableShard(_tokenized("ir", rows)) for n, rows in ir.items()}
     return shards | {"sts": _fake_shards()["sts"]}, {"ir": {"ir:a": 3, "ir:b": 2}}
 
 
@@ -297,7 +304,7 @@ def shards(prepared) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def source_streams(prepared) -> dict[str, list[str]]:
     """The IR sources as streams of their own (``sampler.one_source_per_batch``)."""
-    return {f"ir:{name}": [path] for name, path in prepared_sources(prepared)["ir"].items()}
+    return {stream_key("ir", n): [path] for n, path in prepared_sources(prepared)["ir"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -407,18 +414,17 @@ def test_one_source_per_batch_on_every_worker(walk, source_streams):
     one the schedule names, and each source's kept records are seen once per epoch."""
     names = sorted(s.name for s in SOURCES)
     counts = count_batches(source_streams, GLOBAL_BATCH)
-    num_batches = {"ir": sum(c.batches for c in counts.values()), "sts": 1}
-    sources = {"ir": {key: c.batches for key, c in counts.items()}}
+    num_batches, sources = task_batches({key: c.batches for key, c in counts.items()})
     rank0, rank1 = walk["by_source"]
     for epoch in range(EPOCHS):
         schedule = TaskSchedule(num_batches, seed=SEED, epoch=epoch, source_batches=sources)
         ir0 = [s for s in rank0 if s["epoch"] == epoch and s["task"] == "ir"]
         ir1 = [s for s in rank1 if s["epoch"] == epoch and s["task"] == "ir"]
-        expected = [names.index(key.split(":")[1]) for key in schedule.sources("ir")]
+        expected = [names.index(key.split(SOURCE_SEP)[1]) for key in schedule.sources("ir")]
         assert [s["sources"] for s in ir0] == [s["sources"] for s in ir1]
         assert [s["sources"] for s in ir0] == [[i, i] for i in expected]
         for key, c in counts.items():
-            source = key.split(":")[1]
+            source = key.split(SOURCE_SEP)[1]
             seen = Counter(r for s in ir0 + ir1 for r in s["records"] if r.startswith(source))
             assert max(seen.values()) == 1 and len(seen) == c.batches * c.global_batch, key
     mixed = [s["sources"][0] for s in walk["proportional"][0] if s["task"] == "ir"]

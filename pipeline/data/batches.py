@@ -8,7 +8,7 @@ from ``ray.train.get_dataset_shard(stream)``; Ray Train splits every dataset wit
 ``streaming_split(world, equal=True)``).
 
 Order and reproducibility. Each shard is read once per epoch in full micro-batches (``drop_last``),
-reshuffled locally with a seed from (seed, epoch, task) and a buffer of ``shuffle_buffer`` rows
+reshuffled locally with a seed from (seed, epoch, stream) and a buffer of ``shuffle_buffer`` rows
 (the whole shard when it fits). Which records each worker holds is fixed by the dataset's seeded
 shuffle and :func:`~pipeline.data.ray_datasets.ingest_config` (``preserve_order``). So, for the same
 shards, world size and Ray block layout, the micro-batch of every (worker, step) is the same in every

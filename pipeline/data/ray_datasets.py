@@ -60,12 +60,12 @@ class TaskBatches:
 def task_rows(shards: dict[str, list[str]]) -> dict[str, int]:
     """Rows per stream, from the Parquet footers of its shards (local paths or URIs)."""
     rows = {}
-    for task, paths in shards.items():
+    for key, paths in shards.items():
         total = 0
         for path in paths:
             fs, inner = filesystem(path)
             total += pq.read_metadata(inner, filesystem=fs).num_rows
-        rows[task] = total
+        rows[key] = total
     return rows
 
 
@@ -153,9 +153,8 @@ def build_task_datasets(
     tokenize_batch: int = 256,
 ) -> dict[str, ray.data.Dataset]:
     """``{stream: Dataset}`` over the shards of each stream (a task, or a task's source; see
-    ``pipeline.train.driver.training_shards``), lazily read, shuffled once with ``seed`` and
-    tokenised with ``text``'s
-    limits and instructions. Hand the dict to ``TorchTrainer(datasets=...)`` with
+    ``pipeline.train.driver.training_streams``), lazily read, shuffled once with ``seed`` and
+    tokenised with ``text``'s limits and instructions. Hand the dict to ``TorchTrainer(datasets=...)`` with
     ``dataset_config=ingest_config()``."""
     kwargs = {
         "ir": {
