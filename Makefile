@@ -23,7 +23,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m jobs.pipeline --config configs/demo.yaml
 
-# The full four-mode comparison (about 2 hours on 2 CPU cores).
+# The full four-mode comparison, two epochs (about 3 hours on 2 CPU cores).
 reproduce: $(STAMP)
 	$(BIN)/python -m jobs.pipeline --config configs/reproduce.yaml
 
